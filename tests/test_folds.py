@@ -1,0 +1,168 @@
+"""Tests for iqa_lib.folds (SPEC §2)."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from iqa_lib.folds import fold_split, make_folds
+
+CLIVE_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "clive_dev" / "train.csv"
+
+# Caption duplicates (a, c), a three-way MOS tie (a, b, f) listed out of name order.
+TINY_CSV = """img_name,img_path,mos,comments
+c,./train/c.jpg,7.0,a cat
+f,./train/f.jpg,5.0,v
+a,./train/a.jpg,5.0,first caption of a
+c,./train/c_dup.jpg,7.0,another caption
+b,./train/b.jpg,5.0,y
+d,./train/d.jpg,9.0,z
+e,./train/e.jpg,3.0,w
+a,./train/a.jpg,5.0,second caption of a
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> pd.DataFrame:
+    path = tmp_path / "train.csv"
+    path.write_text(TINY_CSV)
+    return pd.read_csv(path)
+
+
+def test_tiny_csv_exact_assignment(tiny):
+    folds = make_folds(tiny, n_folds=3)
+    # Sorted: d 9, c 7, then the tie a, b, f by name, then e 3; folds dealt 0, 1, 2, 0, ...
+    assert folds["img_name"].tolist() == ["d", "c", "a", "b", "f", "e"]
+    assert folds["fold"].tolist() == [0, 1, 2, 0, 1, 2]
+    assert folds["mos"].tolist() == [9.0, 7.0, 5.0, 5.0, 5.0, 3.0]
+    assert folds["fold"].dtype == np.int64
+    assert list(folds.columns) == ["img_name", "img_path", "mos", "fold"]
+    assert folds.index.tolist() == list(range(6))
+    # The first row of a duplicated image is the one kept.
+    assert folds.set_index("img_name").loc["c", "img_path"] == "./train/c.jpg"
+
+
+def test_tiny_csv_two_folds(tiny):
+    assert make_folds(tiny, n_folds=2)["fold"].tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_independent_of_input_row_order(tiny):
+    expected = make_folds(tiny)
+    for seed in range(5):
+        shuffled = tiny.sample(frac=1.0, random_state=seed)
+        got = make_folds(shuffled)
+        # Which caption row is "first" changes with the shuffle; names, MOS and folds must not.
+        pd.testing.assert_frame_equal(
+            got[["img_name", "mos", "fold"]], expected[["img_name", "mos", "fold"]]
+        )
+
+
+def test_custom_column_names():
+    df = pd.DataFrame({"name": ["x", "y", "z", "y"], "score": [1.0, 3.0, 2.0, 3.0]})
+    folds = make_folds(df, n_folds=2, mos_col="score", name_col="name")
+    assert folds["name"].tolist() == ["y", "z", "x"]
+    assert folds["fold"].tolist() == [0, 1, 0]
+
+
+def test_conflicting_mos_names_every_image():
+    df = pd.DataFrame(
+        {
+            "img_name": ["x", "x", "x", "y", "y", "ok"],
+            "mos": [5.0, 5.5, 5.0, 1.0, 2.0, 3.0],
+        }
+    )
+    with pytest.raises(ValueError) as err:
+        make_folds(df, n_folds=2)
+    msg = str(err.value)
+    assert "2 image(s)" in msg
+    assert "'x' (3 rows, 2 values: [5.0, 5.5])" in msg
+    assert "'y' (2 rows, 2 values: [1.0, 2.0])" in msg
+    assert "'ok'" not in msg
+
+
+def test_missing_column_is_named():
+    df = pd.DataFrame({"img_name": ["a", "b"], "score": [1.0, 2.0]})
+    with pytest.raises(ValueError, match=r"'mos'.*\['img_name', 'score'\]"):
+        make_folds(df)
+    with pytest.raises(ValueError, match="'name'"):
+        make_folds(df, mos_col="score", name_col="name")
+
+
+@pytest.mark.parametrize("n_folds", [1, 0, -3, 2.5])
+def test_bad_n_folds(tiny, n_folds):
+    with pytest.raises(ValueError, match="n_folds"):
+        make_folds(tiny, n_folds=n_folds)
+
+
+def test_more_folds_than_images(tiny):
+    with pytest.raises(ValueError, match="exceeds the number of unique images"):
+        make_folds(tiny, n_folds=7)
+
+
+def test_non_finite_or_non_numeric_mos():
+    with pytest.raises(ValueError, match=r"non-finite 'mos'.*\['b'\]"):
+        make_folds(pd.DataFrame({"img_name": ["a", "b", "c"], "mos": [1.0, np.nan, 2.0]}), n_folds=2)
+    with pytest.raises(ValueError, match="must be numeric"):
+        make_folds(pd.DataFrame({"img_name": ["a", "b"], "mos": ["1.0", "2.0"]}), n_folds=2)
+
+
+def test_fold_split_partitions(tiny):
+    folds = make_folds(tiny, n_folds=3)
+    seen = []
+    for k in range(3):
+        train, val = fold_split(folds, k)
+        assert set(val["fold"]) == {k}
+        assert k not in set(train["fold"])
+        assert len(train) + len(val) == len(folds)
+        assert train.index.tolist() == list(range(len(train)))
+        seen += val["img_name"].tolist()
+    assert sorted(seen) == sorted(folds["img_name"])
+    _, val = fold_split(folds, 0)
+    assert val["img_name"].tolist() == ["d", "b"]
+
+
+@pytest.mark.parametrize("k", [-1, 3, 1.0])
+def test_fold_split_bad_k(tiny, k):
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        fold_split(make_folds(tiny, n_folds=3), k)
+
+
+def test_fold_split_needs_fold_column(tiny):
+    with pytest.raises(ValueError, match="'fold'"):
+        fold_split(tiny, 0)
+
+
+def _assert_balanced(folds: pd.DataFrame, n_folds: int) -> None:
+    """Each fold's MOS mean and spread must match the whole set closely."""
+    mos = folds["mos"]
+    by_fold = folds.groupby("fold")["mos"]
+    # A random 20% split would move the mean by ~sd/sqrt(n/5); the stride split far less.
+    assert (by_fold.mean() - mos.mean()).abs().max() < 0.02 * mos.std()
+    assert ((by_fold.std() / mos.std()) - 1).abs().max() < 0.05
+    # The j-th best image of fold k is the (j * n_folds + k)-th best overall.
+    ranked = mos.sort_values(ascending=False, kind="stable").to_numpy()
+    for k, group in by_fold:
+        np.testing.assert_array_equal(np.sort(group.to_numpy())[::-1], ranked[k::n_folds])
+
+
+def test_balanced_on_synthetic_captions():
+    rng = np.random.default_rng(0)
+    mos = np.round(rng.normal(5.5, 0.8, size=2000), 2)  # rounding creates many ties
+    names = [f"img{i:05d}" for i in range(2000)]
+    repeats = rng.integers(1, 4, size=2000)
+    df = pd.DataFrame({"img_name": np.repeat(names, repeats), "mos": np.repeat(mos, repeats)})
+    folds = make_folds(df)
+    assert len(folds) == 2000
+    assert folds.groupby("fold").size().tolist() == [400] * 5
+    _assert_balanced(folds, 5)
+
+
+@pytest.mark.skipif(not CLIVE_TRAIN.exists(), reason="CLIVE dev data not present")
+def test_clive_folds():
+    df = pd.read_csv(CLIVE_TRAIN)
+    folds = make_folds(df)
+    assert folds.groupby("fold").size().tolist() == [126, 126, 125, 125, 125]
+    assert folds["img_name"].is_unique
+    assert set(folds["img_name"]) == set(df["img_name"])
+    _assert_balanced(folds, 5)
