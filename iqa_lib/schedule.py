@@ -111,8 +111,10 @@ class CosineAnnealingWarmupRestarts(LRScheduler):
         elif self.step_in_cycle < self.warmup_steps:
             lr = self.min_lr + (self.cycle_max_lr - self.min_lr) * self.step_in_cycle / self.warmup_steps
         else:
-            # Operation order as in the original, so the floats match it bit for bit.
-            angle = math.pi * (self.step_in_cycle - self.warmup_steps) / (self.cur_cycle_steps - self.warmup_steps)
+            # Evaluated in the order SPEC §4 writes it (pi * (s - warmup) first), so the floats
+            # match a literal implementation of that formula bit for bit.
+            s, w = self.step_in_cycle, self.warmup_steps
+            angle = math.pi * (s - w) / (self.cur_cycle_steps - w)
             lr = self.min_lr + (self.cycle_max_lr - self.min_lr) * (1 + math.cos(angle)) / 2
         return [lr] * len(self.optimizer.param_groups)
 

@@ -45,8 +45,8 @@ def test_score_clips_negative_correlations(data):
     assert m["plcc_srcc"] == pytest.approx(m["plcc"] + m["srcc"])
     assert m["score"] == 0.0
     # Mixed signs: only the positive one counts, halved.
-    pred_mixed = np.array([1.0, 2.0, 3.0, 4.0, 100.0])
-    target_mixed = np.array([5.0, 4.0, 3.0, 2.0, 10.0])
+    pred_mixed = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 100.0])
+    target_mixed = np.array([6.0, 5.0, 4.0, 3.0, 2.0, 20.0])
     p, s = plcc(pred_mixed, target_mixed), srcc(pred_mixed, target_mixed)
     assert p > 0 > s
     assert challenge_score(pred_mixed, target_mixed) == pytest.approx(p / 2)
@@ -75,8 +75,8 @@ def test_bfloat16_tensor(data):
 @pytest.mark.parametrize(
     "pred, target, reason",
     [
-        ([], [], "at least 2 samples, got 0"),
-        ([1.0], [2.0], "at least 2 samples, got 1"),
+        ([], [], "need at least 2 samples, got 0"),
+        ([1.0], [2.0], "need at least 2 samples, got 1"),
         ([3.0, 3.0, 3.0], [1.0, 2.0, 3.0], "pred is constant"),
         ([1.0, 2.0, 3.0], [4.0, 4.0, 4.0], "target is constant"),
         ([1.0, np.nan, 3.0], [1.0, 2.0, 3.0], "pred has 1 non-finite"),
