@@ -67,6 +67,14 @@ def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint") -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's safe unpickler says "GLOBAL" when a file asks to import something; other
+        # refusals (e.g. "Unsupported operand") mean the bytes are not a pickle at all.
+        if "global" not in str(e).lower():
+            detail = next((ln.strip() for ln in str(e).splitlines() if ln.strip().startswith("Unsupported")), "")
+            raise CheckpointError(
+                f"{what} '{path}' is not a readable PyTorch file ({detail[:200] or type(e).__name__}). "
+                f"It may be truncated or not a checkpoint at all."
+            ) from e
         raise CheckpointError(
             f"{what} '{path}' contains Python objects that would run code when loaded, so it was not "
             f"loaded ({type(e).__name__}). Kit checkpoints hold only tensors and plain values; if you trust "

@@ -181,6 +181,17 @@ class MANIQA(nn.Module):
         self.swintransformer2 = SwinStage(D // 2, **swin)
         self.fc_score = _score_mlp(D // 2, cfg.head_hidden, cfg.head_dropout, nn.ReLU())
         self.fc_weight = _score_mlp(D // 2, cfg.head_hidden, cfg.head_dropout, nn.Sigmoid())
+        # Kept for the official state dict, but they never reach the score: freezing them keeps
+        # DDP (which insists every trainable weight gets a gradient) and the optimiser off them.
+        for p in self.unused_parameters():
+            p.requires_grad_(False)
+
+    def unused_parameters(self):
+        """ViT blocks after the last feature block, its final norm and classifier, the Swin `downsample`s."""
+        last = max(self.cfg.feature_blocks)
+        mods = [*self.vit.blocks[last + 1 :], self.vit.norm, self.vit.head, self.vit.fc_norm,
+                self.swintransformer1.downsample, self.swintransformer2.downsample]
+        return [p for m in mods for p in m.parameters()]
 
     # -- the shared middle: TABs and Swin stages on (B, 4D, N) ----------------------------------
     def _head(self, x: torch.Tensor, fused: bool) -> torch.Tensor:

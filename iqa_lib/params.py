@@ -55,7 +55,10 @@ POSITIVE = {
     "infer.batch_size", "schedule.first_cycle_steps",
 }
 # The model section's keys that are MANIQAConfig fields (the others choose how to build it).
-MODEL_CONFIG_KEYS = ("img_size", "backbone", "head_hidden", "head_dropout", "vit_kwargs", "patch_size", "embed_dim")
+MODEL_CONFIG_KEYS = (
+    "img_size", "backbone", "head_hidden", "head_dropout", "drop_rate", "drop_path_rate", "vit_kwargs", "patch_size",
+    "embed_dim",
+)
 # Set by load_params itself, never by a file or an override.
 RUN_KEYS = ("res", "fold", "profile")
 

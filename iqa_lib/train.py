@@ -29,7 +29,8 @@ from . import data as D
 from .checkpoint import KIT_FORMAT, atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
 from .folds import make_folds
 from .metrics import all_metrics
-from .model import MANIQA, MANIQAConfig, variant_config
+from .model import MANIQA, MANIQAConfig
+from .params import model_config
 from .runinfo import environment_info, now_iso
 from .schedule import CosineAnnealingWarmupRestarts
 
@@ -58,15 +59,6 @@ class RunResult:
 # --------------------------------------------------------------------------------------------
 def run_dir_of(params: dict) -> Path:
     return Path(params["out_dir"]) / "runs" / f"{params['res']}_fold{params['fold']}"
-
-
-def model_config_of(params: dict) -> MANIQAConfig:
-    """The MANIQAConfig of a run: the variant of `res`, with the params' model overrides."""
-    m = dict(params.get("model", {}))
-    known = set(MANIQAConfig.__dataclass_fields__)
-    overrides = {k: v for k, v in m.items() if k in known and v is not None}
-    variant = m.get("variant") or params["res"]
-    return variant_config(variant, **overrides)
 
 
 def pick_device(name: str = "auto", rank: int = 0) -> torch.device:
@@ -230,7 +222,7 @@ def _train_process(params: dict, rank: int, world: int, progress: bool) -> None:
     # -- data ------------------------------------------------------------------------------
     mos_scale = float(params["mos_scale"])
     folds = load_folds(params)
-    mcfg = model_config_of(params)
+    mcfg = model_config(params)
     store = D.ImageStore.open(
         folds["path"].tolist(), mcfg.img_size,
         cache_dir=(Path(params["out_dir"]) / "cache") if tp.get("cache", True) else None,
@@ -268,13 +260,14 @@ def _train_process(params: dict, rank: int, world: int, progress: bool) -> None:
     scheduler = CosineAnnealingWarmupRestarts(optimizer, **schedule_args(sp))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     epoch, step, start_batch, history, best = 0, 0, 0, [], {"epoch": None, VAL_METRIC: -math.inf}
-    rng = None
+    rng, partial = None, (0.0, 0)  # partial: loss sum and count of the batches before a mid-epoch resume
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         epoch, step, start_batch = state["epoch"], state["step"], state["batch_in_epoch"]
         history, best, rng = state["history"], state["best"], state.get("rng")
+        partial = state.get("partial_loss", (0.0, 0))
         if is_main:
             print(f"{name}: resuming at epoch {epoch}, batch {start_batch}, step {step}")
     ddp_model = model
@@ -305,13 +298,14 @@ def _train_process(params: dict, rank: int, world: int, progress: bool) -> None:
     flip = tp.get("flip", "vertical")
     flip_gen = torch.Generator(device=device)
 
-    def save_last(epoch_, batch_in_epoch):
+    def save_last(epoch_, batch_in_epoch, partial_loss=(0.0, 0)):
         if not is_main:
             return
         atomic_torch_save({
             "format": KIT_FORMAT + "+last", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_,
-            "step": step, "batch_in_epoch": batch_in_epoch, "history": history, "best": best,
+            "step": step, "batch_in_epoch": batch_in_epoch, "partial_loss": list(partial_loss),
+            "history": history, "best": best,
             "rng": {"torch": torch.get_rng_state(), "flip": flip_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
             "model_config": mcfg.to_dict(), "config": params,
@@ -337,7 +331,9 @@ def _train_process(params: dict, rank: int, world: int, progress: bool) -> None:
                 seed=seed, sampler=sampler,
             )
             model.train()
-            t0, seen, loss_sum, loss_n = time.perf_counter(), 0, torch.zeros((), device=device), 0
+            t0, seen = time.perf_counter(), 0
+            loss_sum, loss_n = torch.tensor(float(partial[0]), device=device), int(partial[1])
+            partial = (0.0, 0)
             bar = tqdm(loader, desc=f"{name} epoch {epoch}", disable=not progress, leave=False,
                        total=len(sampler), dynamic_ncols=True)
             for b, (images, targets, _) in enumerate(bar, start=start_batch):
@@ -362,7 +358,7 @@ def _train_process(params: dict, rank: int, world: int, progress: bool) -> None:
                                         img_s=f"{seen / (time.perf_counter() - t0):.1f}", refresh=False)
                     if save_every and step % save_every == 0:
                         _check_finite(loss_sum, name, epoch, step)
-                        save_last(epoch, b + 1)
+                        save_last(epoch, b + 1, (loss_sum.item(), loss_n))
                     if max_steps and step >= max_steps:
                         stop_reason = "max_steps"
                         break
@@ -376,6 +372,9 @@ def _train_process(params: dict, rank: int, world: int, progress: bool) -> None:
                                     batch_size=int(tp.get("val_batch_size", batch_size)),
                                     num_workers=int(tp.get("num_workers", 0)), rank=rank, world=world)
             truth = folds["mos"].to_numpy(np.float64)[val_idx]
+            if is_main and not np.any(preds):
+                print(f"{name}: WARNING every validation prediction is 0: the score head's final ReLU is dead "
+                      f"(it can happen at random init). Try another seed or a wider model.head_hidden.")
             metrics = all_metrics(preds * mos_scale, truth)
             val_loss = float(np.mean((preds - truth / mos_scale) ** 2))
             row = {"epoch": epoch, "step": step, "train_loss": train_loss, "val_loss": val_loss, **metrics,

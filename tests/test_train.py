@@ -1,0 +1,250 @@
+"""The training and inference engine on tiny CPU configurations (seconds each)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from iqa_lib.checkpoint import CheckpointError, safe_torch_load
+from iqa_lib.infer import load_model, predict
+from iqa_lib.params import load_params, model_config
+from iqa_lib.train import DivergenceError, EpochBatches, fit
+
+TIMING = ["train_seconds", "train_images_per_s"]
+
+
+def make_exposure_data(root: Path, n_train=100, n_test=12, seed=0) -> Path:
+    """Textured scenes darkened by an exposure factor; MOS rises with exposure (0-10 scale).
+
+    A quality signal a small model learns from scratch in a few epochs.
+    """
+    rng = np.random.default_rng(seed)
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:72, 0:96] / 72.0
+    rows, test_rows = [], []
+    for i in range(n_train + n_test):
+        split = "train" if i < n_train else "test"
+        base = 128 + 90 * np.sin(xx * rng.uniform(2, 9) + yy * rng.uniform(2, 9))[..., None] * rng.uniform(0.5, 1, 3)
+        exposure = rng.uniform(0.15, 1.0)
+        img = np.clip(base * exposure + rng.normal(0, 4, base.shape), 0, 255).astype(np.uint8)
+        name = f"img{i:04d}"
+        Image.fromarray(img).save(root / split / f"{name}.jpg", quality=95)
+        if split == "train":
+            mos = round(1 + 8 * (exposure - 0.15) / 0.85, 4)
+            rows += [dict(img_name=name, img_path=f"./train/{name}.jpg", mos=mos, comments=c) for c in ("a", "b")]
+        else:
+            test_rows.append(dict(img_name=name, img_path=f"./test/{name}.jpg"))
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    pd.DataFrame(test_rows).to_csv(root / "test.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def exposure_data(tmp_path_factory):
+    return make_exposure_data(tmp_path_factory.mktemp("exposure"))
+
+
+def tiny_params(data_dir, out_dir, res=384, fold=0, **overrides):
+    """The demo profile (a narrow ViT, 64-192 px) with test-sized epochs."""
+    ov = {"data_dir": str(data_dir), "out_dir": str(out_dir), "train.epochs": 3, "train.patience": 10,
+          "train.num_workers": 0, "train.batch_size": 8, "train.deterministic": True}
+    ov.update(overrides)
+    return load_params(res, fold, profile="demo", overrides=ov)
+
+
+def metrics_of(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "metrics.csv").drop(columns=TIMING)
+
+
+# -- learning ------------------------------------------------------------------------------
+def test_learns_a_learnable_signal(exposure_data, tmp_path):
+    params = tiny_params(exposure_data, tmp_path, **{"train.epochs": 4, "train.deterministic": False})
+    result = fit(params, progress=False)
+    assert result.status == "completed"
+    assert result.best["srcc"] > 0.8, result.history
+    run = result.run_dir
+    for f in (f"{run.name}.ckpt", "last.pt", "metrics.csv", "oof.csv", "manifest.json"):
+        assert (run / f).is_file(), f
+    oof = pd.read_csv(run / "oof.csv")
+    assert list(oof.columns) == ["img_name", "mos", "pred"] and len(oof) == 20  # fold 0 of 100 images
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["best_epoch"] == result.best_epoch
+    assert {"commit", "dirty"} <= set(manifest["environment"]["git"])
+    assert torch.__version__.startswith(manifest["environment"]["versions"]["torch"])
+    assert (tmp_path / "folds.csv").is_file()
+
+
+def test_completed_run_is_not_retrained(exposure_data, tmp_path):
+    params = tiny_params(exposure_data, tmp_path, **{"train.epochs": 1})
+    first = fit(params, progress=False)
+    ckpt_mtime = first.checkpoint.stat().st_mtime_ns
+    again = fit(params, progress=False)
+    assert again.status == "completed" and first.checkpoint.stat().st_mtime_ns == ckpt_mtime
+
+
+def test_deterministic_runs_are_bit_identical(exposure_data, tmp_path):
+    runs = [fit(tiny_params(exposure_data, tmp_path / str(i), **{"train.epochs": 2}), progress=False) for i in (0, 1)]
+    pd.testing.assert_frame_equal(metrics_of(runs[0].run_dir), metrics_of(runs[1].run_dir), check_exact=True)
+    a, b = (safe_torch_load(r.checkpoint)["model"] for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- resume after a real kill ------------------------------------------------------------------
+FIT_SCRIPT = """
+import json, sys
+from iqa_lib.params import load_params
+from iqa_lib.train import fit
+fit(load_params(448, 0, profile="demo", overrides=json.loads(sys.argv[1])), progress=False)
+"""
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(exposure_data, tmp_path):
+    ov = {"data_dir": str(exposure_data), "train.epochs": 3, "train.batch_size": 8, "train.num_workers": 0,
+          "train.deterministic": True, "train.save_every_steps": 3, "train.patience": 10}
+    reference = fit(load_params(448, 0, profile="demo", overrides={**ov, "out_dir": str(tmp_path / "ref")}), progress=False)
+
+    out = tmp_path / "killed"
+    args = [sys.executable, "-c", FIT_SCRIPT, json.dumps({**ov, "out_dir": str(out)})]
+    last = out / "runs" / "448_fold0" / "last.pt"
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Kill as soon as a mid-epoch state exists past the first epoch: the run is mid-flight.
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file():
+            try:
+                state = safe_torch_load(last)
+            except CheckpointError:  # caught between write and rename: impossible by design
+                raise
+            if state["epoch"] >= 1 and state["batch_in_epoch"] > 0:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = safe_torch_load(last)
+    assert killed_at["epoch"] < 3
+    assert json.loads((out / "runs" / "448_fold0" / "manifest.json").read_text())["status"] == "running"
+
+    resumed = fit(load_params(448, 0, profile="demo", overrides={**ov, "out_dir": str(out)}), progress=False)
+    assert resumed.status == "completed"
+    pd.testing.assert_frame_equal(metrics_of(reference.run_dir), metrics_of(resumed.run_dir), check_exact=True)
+    # no temp file was left under a final name, and the final checkpoint loads
+    assert not list(resumed.run_dir.glob("*.tmp"))
+    load_model(resumed.checkpoint)
+
+
+def test_epoch_batches_skip_and_shard():
+    full = list(EpochBatches(range(20), 8, seed=1, epoch=3))
+    assert [len(b) for b in full] == [8, 8, 4]
+    assert sorted(sum(full, [])) == list(range(20))
+    assert list(EpochBatches(range(20), 8, seed=1, epoch=3, start=1)) == full[1:]
+    r0 = list(EpochBatches(range(20), 8, seed=1, epoch=3, rank=0, world=2))
+    r1 = list(EpochBatches(range(20), 8, seed=1, epoch=3, rank=1, world=2))
+    assert [sorted(a + b) for a, b in zip(r0, r1)] == [sorted(b) for b in full]
+    assert full != list(EpochBatches(range(20), 8, seed=1, epoch=4))
+
+
+# -- several processes --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_match_one(exposure_data, tmp_path):
+    """gloo, 2 processes, half the batch each == 1 process with the whole batch (no dropout, no flips)."""
+    same = {"train.epochs": 2, "train.flip": "none", "model.head_dropout": 0.0, "model.drop_rate": 0.0,
+            "model.drop_path_rate": 0.0, "train.deterministic": False}
+    one = fit(tiny_params(exposure_data, tmp_path / "one", **same), progress=False)
+    two = fit(tiny_params(exposure_data, tmp_path / "two", **same, **{"train.devices": 2, "train.device": "cpu"}),
+              progress=False)
+    assert two.status == "completed"
+    a, b = metrics_of(one.run_dir), metrics_of(two.run_dir)
+    assert np.allclose(a[["train_loss", "val_loss", "plcc", "srcc"]], b[["train_loss", "val_loss", "plcc", "srcc"]],
+                       atol=2e-3)
+    assert len(pd.read_csv(two.run_dir / "oof.csv")) == 20  # every validation image, gathered from both ranks
+
+
+# -- divergence -------------------------------------------------------------------------------
+def test_nan_loss_stops_with_a_clear_message(exposure_data, tmp_path, monkeypatch):
+    params = tiny_params(exposure_data, tmp_path, **{"train.epochs": 2})
+    import iqa_lib.train as T
+
+    real = T.F.mse_loss
+    calls = {"n": 0}
+
+    def poisoned(pred, y):  # the 5th step's loss turns NaN, as a diverging run's would
+        calls["n"] += 1
+        loss = real(pred, y)
+        return loss * float("nan") if calls["n"] >= 5 else loss
+
+    monkeypatch.setattr(T.F, "mse_loss", poisoned)
+    with pytest.raises(DivergenceError, match="NaN/inf at epoch 0.*Lower optim.lr"):
+        fit(params, progress=False)
+    run = tmp_path / "runs" / "384_fold0"
+    assert not (run / "384_fold0.ckpt").exists()  # nothing from the diverged epoch was saved
+    assert json.loads((run / "manifest.json").read_text())["status"] == "failed"
+
+
+# -- inference ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(exposure_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    return fit(tiny_params(exposure_data, out, **{"train.epochs": 1}), progress=False)
+
+
+def test_predict_in_test_order_on_the_data_scale(exposure_data, trained):
+    df = predict(trained.checkpoint, exposure_data, progress=False)
+    test = pd.read_csv(exposure_data / "test.csv")
+    assert list(df["img_name"]) == list(test["img_name"])
+    assert df["mos"].between(0, 10).all() and df["mos"].std() > 0
+
+
+def test_tta_is_the_mean_over_the_flips(exposure_data, trained):
+    plain = predict(trained.checkpoint, exposure_data, progress=False)["mos"].to_numpy()
+    tta = predict(trained.checkpoint, exposure_data, tta=True, progress=False)["mos"].to_numpy()
+    model, ckpt = load_model(trained.checkpoint)
+    from iqa_lib.data import ImageStore, load_table, to_model_input
+
+    table = load_table(exposure_data, "test.csv", labelled=False)
+    store = ImageStore.open(table["path"].tolist(), model.cfg.img_size, progress=False)
+    x = to_model_input(torch.stack([torch.from_numpy(store[i]) for i in range(len(store))]))
+    with torch.no_grad():
+        manual = torch.stack([model(x), model(x.flip(-2)), model(x.flip(-1))]).mean(0).numpy() * 10
+    assert np.allclose(tta, np.clip(manual, 0, 10), atol=1e-5)
+    assert not np.allclose(tta, plain)
+
+
+def test_checkpoint_of_another_variant_is_refused(exposure_data, trained):
+    other = model_config(load_params(640, 0, profile="demo"))
+    with pytest.raises(CheckpointError, match=r"holds a 64px .* but a 192px .* was asked for"):
+        predict(trained.checkpoint, exposure_data, expect=other, progress=False)
+
+
+def test_files_that_are_not_checkpoints_are_refused(tmp_path):
+    plain = tmp_path / "weights.pt"
+    torch.save({"conv.weight": torch.zeros(2)}, plain)
+    with pytest.raises(CheckpointError, match="is not an iqa_lib checkpoint"):
+        load_model(plain)
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch file"):
+        load_model(text)
+
+
+def test_loading_never_runs_code_from_the_file(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"format": "iqa_lib.checkpoint/1", "model": Payload()}, evil)
+    with pytest.raises(CheckpointError, match="would run code"):
+        load_model(evil)
+    assert not marker.exists()
