@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 KIT_FORMAT = "iqa_lib.checkpoint/1"
+TMP_SUFFIX = ".tmp"
 
 
 class CheckpointError(RuntimeError):
@@ -30,17 +31,31 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     removed and the previous `path` stays as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        kept = "the previous version is intact" if path.exists() else "nothing was written"
+        raise OSError(e.errno, f"could not write '{path}' ({e.strerror or e}); {kept}. Free disk space or "
+                               f"make the folder writable (or choose another out_dir), then rerun.") from e
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> None:
+    """Temp files a killed writer left behind (they never carry a final name)."""
+    for f in Path(folder).glob(f".*{TMP_SUFFIX}"):
+        f.unlink(missing_ok=True)
 
 
 def atomic_write_text(path, text: str) -> None:

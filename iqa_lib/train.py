@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import data as D
-from .checkpoint import KIT_FORMAT, atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
+from .checkpoint import (KIT_FORMAT, atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temp_files,
+                         safe_torch_load)
 from .folds import make_folds
 from .metrics import all_metrics
 from .model import MANIQA, MANIQAConfig
@@ -282,6 +283,7 @@ def _train_process(params: dict, rank: int, world: int, progress: bool) -> None:
     manifest = {}
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(run_dir)
         manifest = _read_json(manifest_path) or {"started": now_iso()}
         manifest.update(
             run=name, status="running", config=params, model_config=mcfg.to_dict(),
@@ -406,7 +408,10 @@ def _train_process(params: dict, rank: int, world: int, progress: bool) -> None:
         if is_main:
             manifest.update(status="failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
                             error=f"{type(e).__name__}: {e}", ended=now_iso())
-            atomic_write_json(manifest_path, manifest)
+            try:
+                atomic_write_json(manifest_path, manifest)
+            except OSError:  # the disk that just failed may refuse this too: keep the first error
+                pass
         raise
     if is_main:
         manifest.update(status="completed", stop_reason=stop_reason, ended=now_iso(), epochs_run=epoch,
