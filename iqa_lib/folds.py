@@ -1,8 +1,25 @@
-"""Deterministic, MOS-stratified K-fold split (SPEC §2).
+"""Deterministic, MOS-stratified K-fold split (SPEC §2), optionally group-aware.
 
 The recipe: one row per image, sort by MOS descending (ties by image name),
 then deal the sorted images round-robin into folds, so every fold covers the
 whole MOS range evenly. Fold ``k`` is the validation set; the rest trains.
+
+Group-aware variant (``group_col=...``, e.g. KADID-10k's reference image): rows that
+share a group (all distortions of one scene) must land in one fold, or validation
+would score images whose scene the model trained on. The same idea, one level up:
+
+1. Each group gets its size (unique images) and its mean MOS; groups are sorted by
+   mean MOS descending, ties by the group's name (as text).
+2. The sorted groups are cut into consecutive blocks of ``n_folds`` groups (a MOS
+   stratum each; the last block may be shorter).
+3. Within a block, every fold gets at most one group: the block's groups, largest
+   first (ties: higher mean MOS first), go to the folds with the fewest images so far
+   (ties: lower fold index).
+
+Step 3 keeps the folds' MOS distributions matched (each fold draws one group from every
+stratum, as the plain recipe draws one image) while steering big groups to small folds,
+so fold sizes never differ by more than the largest group. With one image per group
+the result is exactly the plain recipe's.
 """
 
 from __future__ import annotations
@@ -16,6 +33,7 @@ def make_folds(
     n_folds: int = 5,
     mos_col: str = "mos",
     name_col: str = "img_name",
+    group_col: str | None = None,
 ) -> pd.DataFrame:
     """Assign every image to one of ``n_folds`` folds.
 
@@ -25,19 +43,23 @@ def make_folds(
         n_folds: number of folds, at least 2.
         mos_col: column holding the mean opinion score.
         name_col: column identifying an image.
+        group_col: column naming each image's group (e.g. ``group``: the source
+            scene); whole groups go to one fold (see the module docstring for the
+            scheme). None (the default) gives the team's folds exactly.
 
     Returns:
         One row per image (the columns of its first row, minus ``comments``)
         plus an int ``fold`` column, ordered by MOS descending then name, with
-        a fresh 0..n-1 index. The image at sorted position ``i`` is in fold
-        ``i % n_folds``.
+        a fresh 0..n-1 index. Without ``group_col`` the image at sorted position
+        ``i`` is in fold ``i % n_folds``.
 
     Raises:
         ValueError: a column is missing, ``n_folds`` is invalid or exceeds the
-            number of images, a MOS is missing or not finite, or one image has
-            rows with different MOS values.
+            number of images (of groups, with ``group_col``), a MOS is missing or
+            not finite, one image has rows with different MOS values, or (with
+            ``group_col``) a group is missing or one image has rows in two groups.
     """
-    for col in (name_col, mos_col):
+    for col in (name_col, mos_col) + ((group_col,) if group_col is not None else ()):
         if col not in df.columns:
             raise ValueError(f"column {col!r} not found; columns present: {list(df.columns)}")
     if not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
@@ -73,8 +95,52 @@ def make_folds(
     # (MOS, name) is unique after de-duplication, so this order is total and reproducible.
     images = images.sort_values([mos_col, name_col], ascending=[False, True], kind="stable")
     images = images.reset_index(drop=True)
-    images["fold"] = np.arange(len(images), dtype=np.int64) % n_folds
+    if group_col is None:
+        images["fold"] = np.arange(len(images), dtype=np.int64) % n_folds
+    else:
+        _check_groups(df, name_col, group_col)
+        images["fold"] = _group_folds(images, n_folds, mos_col, group_col)
     return images
+
+
+def _check_groups(df: pd.DataFrame, name_col: str, group_col: str) -> None:
+    """Every row needs a group, and all rows of one image the same group."""
+    missing = df.loc[df[group_col].isna() | (df[group_col].astype(str).str.strip() == ""), name_col]
+    if len(missing):
+        raise ValueError(
+            f"{len(missing)} row(s) have no {group_col!r} value: {missing.unique()[:10].tolist()}"
+        )
+    n_groups = df.groupby(name_col, sort=True)[group_col].nunique()
+    split = n_groups[n_groups > 1].index
+    if len(split):
+        raise ValueError(
+            f"{len(split)} image(s) have rows in more than one {group_col!r}: {split[:10].tolist()}"
+        )
+
+
+def _group_folds(images: pd.DataFrame, n_folds: int, mos_col: str, group_col: str) -> np.ndarray:
+    """The fold of each row of ``images`` (one row per image) under the group scheme."""
+    keys = images[group_col].astype(str)
+    stats = images.groupby(keys, sort=False)[mos_col].agg(["size", "mean"])
+    if n_folds > len(stats):
+        raise ValueError(
+            f"n_folds={n_folds} exceeds the number of groups in {group_col!r} ({len(stats)}): "
+            f"whole groups go to one fold, so every fold needs at least one group"
+        )
+    stats["name"] = stats.index
+    stats = stats.sort_values(["mean", "name"], ascending=[False, True], kind="stable")
+    sizes = stats["size"].to_numpy()
+    fold_size = np.zeros(n_folds, dtype=np.int64)
+    fold_of = {}
+    for start in range(0, len(stats), n_folds):
+        block = range(start, min(start + n_folds, len(stats)))
+        # Largest group first; a stable sort keeps the MOS order among equal sizes.
+        by_size = sorted(block, key=lambda i: -sizes[i])
+        folds = sorted(range(n_folds), key=lambda k: (fold_size[k], k))
+        for i, k in zip(by_size, folds):
+            fold_of[stats.index[i]] = k
+            fold_size[k] += sizes[i]
+    return keys.map(fold_of).to_numpy(dtype=np.int64)
 
 
 def fold_split(folds_df: pd.DataFrame, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -93,3 +159,9 @@ def fold_split(folds_df: pd.DataFrame, k: int) -> tuple[pd.DataFrame, pd.DataFra
         raise ValueError(f"fold index k must be an integer in [0, {n_folds - 1}], got {k!r}")
     is_val = folds_df["fold"] == k
     return folds_df[~is_val].reset_index(drop=True), folds_df[is_val].reset_index(drop=True)
+
+
+def folds_for_table(df: pd.DataFrame, n_folds: int = 5) -> pd.DataFrame:
+    """The kit's default: group-aware when the table has a `group` column (KADID's reference
+    images, written by `iqa_lib.prepare`), else exactly the team's folds (SPEC §2)."""
+    return make_folds(df, n_folds=n_folds, group_col="group" if "group" in df.columns else None)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import data as D
 from .checkpoint import (KIT_FORMAT, atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temp_files,
                          safe_torch_load)
-from .folds import make_folds
+from .folds import folds_for_table
 from .metrics import all_metrics
 from .model import MANIQA, MANIQAConfig
 from .params import model_config
@@ -122,7 +122,7 @@ def load_folds(params: dict) -> pd.DataFrame:
         params["data_dir"], "train.csv", labelled=True, mos_scale=float(params["mos_scale"]),
         check_images=params["train"].get("check_images", "open"),
     )
-    folds = make_folds(table, n_folds=int(params["n_folds"]))
+    folds = folds_for_table(table, n_folds=int(params["n_folds"]))
     folds_csv = Path(params["out_dir"]) / "folds.csv"
     if folds_csv.is_file():
         saved = pd.read_csv(folds_csv)

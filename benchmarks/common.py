@@ -1,0 +1,69 @@
+"""Shared by the benchmark scripts: timing, the machine's description, result files."""
+import json
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from iqa_lib.runinfo import device_name, package_versions  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, for MFU.
+BF16_PEAK_TFLOPS = {"H100 SXM": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0}
+
+
+def peak_bf16_tflops(name: str) -> float | None:
+    for key, value in BF16_PEAK_TFLOPS.items():
+        if key.lower() in name.lower():
+            return value
+    return None
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn, device, warmup=1, repeat=3, min_seconds=0.0) -> float:
+    """Median seconds per call of `fn` after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    while len(times) < repeat or sum(times) < min_seconds:
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def machine(device: torch.device | None = None) -> dict:
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return {"device": device_name(device), "device_type": device.type, "torch_threads": torch.get_num_threads(),
+            "versions": package_versions(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def save(name: str, result: dict, device: torch.device | None = None, slug: str | None = None) -> Path:
+    """benchmarks/results/{name}_{cpu|gpu-name}.json, with the machine it ran on."""
+    info = machine(device)
+    if slug is None:
+        slug = "cpu" if info["device_type"] == "cpu" else re.sub(r"[^a-z0-9]+", "-", info["device"].lower()).strip("-")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}_{slug}.json"
+    path.write_text(json.dumps({"benchmark": name, **info, **result}, indent=2) + "\n")
+    print(f"\nwrote {path.relative_to(RESULTS.parents[1])}  ({info['device']})")
+    return path
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    cells = [[f"{r.get(c):.3g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
