@@ -125,11 +125,17 @@ def load_folds(params: dict) -> pd.DataFrame:
     folds = folds_for_table(table, n_folds=int(params["n_folds"]))
     folds_csv = Path(params["out_dir"]) / "folds.csv"
     if folds_csv.is_file():
-        saved = pd.read_csv(folds_csv)
-        if set(saved["img_name"]) != set(folds["img_name"]) or "fold" not in saved:
+        saved = pd.read_csv(folds_csv, dtype={"img_name": str})
+        n_folds = int(params["n_folds"])
+        mismatch = (
+            not {"fold", "mos"} <= set(saved) or set(saved["img_name"]) != set(folds["img_name"])
+            or sorted(saved["fold"].unique()) != list(range(n_folds))
+            or not np.allclose(saved.set_index("img_name")["mos"].loc[folds["img_name"]], folds["mos"])
+        )
+        if mismatch:
             raise ValueError(
-                f"{folds_csv} does not match the images of {params['data_dir']}/train.csv: "
-                f"rerun notebooks/02_folds.ipynb (or delete {folds_csv}) to rebuild the folds."
+                f"{folds_csv} does not match {params['data_dir']}/train.csv with n_folds={n_folds} (other images, "
+                f"MOS or number of folds): rerun notebooks/02_folds.ipynb (or delete {folds_csv}) to rebuild the folds."
             )
         folds = folds.drop(columns="fold").merge(saved[["img_name", "fold"]], on="img_name", how="left")
     else:

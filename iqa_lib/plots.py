@@ -1,0 +1,301 @@
+"""The notebooks' figures: each function takes data and returns a matplotlib Figure.
+
+Figures are made with `matplotlib.figure.Figure`, not pyplot: nothing is shown or kept in
+a global figure list, and no backend is assumed. In a notebook the returned figure, as a
+cell's last expression (or through `display(fig)`), is drawn inline; elsewhere save it
+with `fig.savefig("name.png")`.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+TRAIN_COLOUR, TEST_COLOUR = "tab:blue", "tab:orange"
+
+
+def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (7, 4)):
+    fig = Figure(figsize=size, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _density(ax, values: np.ndarray, grid: np.ndarray, **style) -> None:
+    """A Gaussian kernel density line (skipped when it is undefined: < 2 distinct values)."""
+    from scipy.stats import gaussian_kde
+
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(np.unique(values)) < 2:
+        return
+    ax.plot(grid, gaussian_kde(values)(grid), **style)
+
+
+def _grid_for(*arrays: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    every = np.concatenate([np.asarray(a, dtype=float) for a in arrays])
+    every = every[np.isfinite(every)]
+    a = every.min() if lo is None else lo
+    b = every.max() if hi is None else hi
+    pad = 0.05 * (b - a or 1.0)
+    return np.linspace(a - pad, b + pad, 200)
+
+
+# --------------------------------------------------------------------------------------------
+# the data (01_eda)
+# --------------------------------------------------------------------------------------------
+def plot_mos_hist(mos: Sequence[float], *, bins: int = 40, mos_scale: float | None = None,
+                  title: str = "MOS per image") -> Figure:
+    """Histogram of the MOS (as a density) with a kernel density estimate and the mean."""
+    mos = np.asarray(mos, dtype=float)
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    ax.hist(mos, bins=bins, density=True, color=TRAIN_COLOUR, alpha=0.45, label="histogram")
+    _density(ax, mos, _grid_for(mos), color=TRAIN_COLOUR, lw=2, label="density (KDE)")
+    ax.axvline(mos.mean(), color="k", ls="--", lw=1, label=f"mean {mos.mean():.3f}")
+    ax.set(xlabel="MOS" + (f" (0-{mos_scale:g} scale)" if mos_scale else ""), ylabel="density",
+           title=f"{title}: n = {len(mos):,}, sd = {mos.std(ddof=1) if len(mos) > 1 else 0:.3f}")
+    ax.legend()
+    return fig
+
+
+def plot_image_sizes(sizes: pd.DataFrame, *, split_col: str = "split") -> Figure:
+    """Width vs height scatter and aspect-ratio histogram, one colour per split (train/test).
+
+    `sizes` has `width`, `height` and, optionally, a `split` column.
+    """
+    sizes = sizes.assign(aspect=sizes["width"] / sizes["height"])
+    groups = sizes.groupby(split_col, sort=False) if split_col in sizes else [("images", sizes)]
+    fig, axes = _figure(1, 2, (11, 4.2))
+    scatter, hist = axes[0]
+    colours = {"train": TRAIN_COLOUR, "test": TEST_COLOUR}
+    bins = np.histogram_bin_edges(sizes["aspect"], bins=30)
+    for name, g in groups:
+        colour = colours.get(name)
+        # Many images share a size: jitter nothing, but make overlaps visible through alpha.
+        scatter.scatter(g["width"], g["height"], s=12, alpha=0.4, color=colour, label=f"{name} ({len(g):,})")
+        hist.hist(g["aspect"], bins=bins, density=True, histtype="step", lw=2, color=colour, label=name)
+    scatter.set(xlabel="width (px)", ylabel="height (px)", title="image sizes")
+    hist.set(xlabel="aspect ratio (width / height)", ylabel="density", title="aspect ratios")
+    scatter.legend()
+    hist.legend()
+    return fig
+
+
+def _thumbnail(path: str, side: int):
+    from .data import read_rgb
+
+    im = read_rgb(path, min_size=side)
+    im.thumbnail((side, side))
+    return np.asarray(im)
+
+
+def plot_image_grid(table: pd.DataFrame, n: int = 5, *, path_col: str = "path", mos_col: str = "mos",
+                    name_col: str = "img_name", thumb: int = 192) -> Figure:
+    """The `n` best- (top row) and `n` worst-rated (bottom row) images with their MOS."""
+    images = table.drop_duplicates(name_col) if name_col in table else table
+    order = images.sort_values(mos_col, ascending=False, kind="stable")
+    n = max(1, min(n, len(order)))
+    rows = [("best", order.head(n)), ("worst", order.tail(n).iloc[::-1])]
+    fig, axes = _figure(2, n, (2.4 * n, 5.4))
+    for r, (label, part) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.set_axis_off()
+            if c >= len(part):
+                continue
+            item = part.iloc[c]
+            ax.imshow(_thumbnail(item[path_col], thumb))
+            ax.set_title(f"{label} {c + 1}: MOS {item[mos_col]:.2f}", fontsize=9)
+    fig.suptitle(f"best and worst rated of {len(images):,} images")
+    return fig
+
+
+def plot_rows_per_image(table: pd.DataFrame, *, name_col: str = "img_name") -> Figure:
+    """How many CSV rows (captions) each image has: number of images per row count."""
+    counts = table.groupby(name_col).size().value_counts().sort_index()
+    fig, axes = _figure(size=(6, 3.6))
+    ax = axes[0, 0]
+    bars = ax.bar(counts.index.astype(str), counts.values, color=TRAIN_COLOUR)
+    ax.bar_label(bars, labels=[f"{v:,}" for v in counts.values])
+    ax.set(xlabel="rows per image", ylabel="images",
+           title=f"{len(table):,} rows for {counts.sum():,} images")
+    ax.margins(y=0.15)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# the folds (02_folds)
+# --------------------------------------------------------------------------------------------
+def fold_table(folds: pd.DataFrame, *, mos_col: str = "mos", fold_col: str = "fold") -> pd.DataFrame:
+    """Per fold: images, mean, sd, min and max MOS."""
+    g = folds.groupby(fold_col)[mos_col]
+    table = pd.DataFrame({"images": g.size(), "mean": g.mean(), "sd": g.std(), "min": g.min(), "max": g.max()})
+    return table.round(4)
+
+
+def plot_fold_distributions(folds: pd.DataFrame, *, mos_col: str = "mos", fold_col: str = "fold",
+                            bins: int = 30) -> Figure:
+    """The MOS distribution of every validation fold, overlaid (they should coincide)."""
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    edges = np.histogram_bin_edges(folds[mos_col], bins=bins)
+    grid = _grid_for(folds[mos_col])
+    for i, (k, g) in enumerate(folds.groupby(fold_col)):
+        colour = f"C{i % 10}"
+        ax.hist(g[mos_col], bins=edges, density=True, histtype="step", lw=1, alpha=0.35, color=colour)
+        _density(ax, g[mos_col], grid, color=colour, lw=2,
+                 label=f"fold {k}: n = {len(g):,}, mean {g[mos_col].mean():.3f}")
+    ax.set(xlabel="MOS", ylabel="density", title="MOS per validation fold")
+    ax.legend(fontsize=8)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# one run (03_train)
+# --------------------------------------------------------------------------------------------
+def _as_frame(data: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
+    return data if isinstance(data, pd.DataFrame) else pd.read_csv(data)
+
+
+def plot_learning_curves(metrics: pd.DataFrame | str | os.PathLike, *, best_epoch: int | None = None,
+                         title: str = "") -> Figure:
+    """Train/validation loss and validation PLCC/SRCC per epoch, from a run's metrics.csv.
+
+    The best epoch (highest PLCC + SRCC, the checkpoint kept) is marked on both panels.
+    """
+    m = _as_frame(metrics)
+    if best_epoch is None and len(m):
+        best_epoch = int(m.loc[(m["plcc"] + m["srcc"]).idxmax(), "epoch"])
+    fig, axes = _figure(1, 2, (11, 4))
+    loss, corr = axes[0]
+    loss.plot(m["epoch"], m["train_loss"], "o-", label="train loss")
+    loss.plot(m["epoch"], m["val_loss"], "o-", label="validation loss")
+    loss.set(xlabel="epoch", ylabel="MSE (on MOS / mos_scale)", title="loss")
+    for col in ("plcc", "srcc"):
+        corr.plot(m["epoch"], m[col], "o-", label=f"validation {col.upper()}")
+    corr.set(xlabel="epoch", ylabel="correlation", title="validation correlation")
+    for ax in (loss, corr):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if best_epoch is not None:
+        for ax in (loss, corr):
+            ax.axvline(best_epoch, color="k", ls="--", lw=1, label=f"best epoch {best_epoch}")
+    loss.legend()
+    corr.legend()
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def lr_schedule(schedule: Mapping[str, Any], n_steps: int) -> np.ndarray:
+    """The learning rate of optimiser steps 0..n_steps-1 under the `schedule:` parameters,
+    computed with the trainer's own scheduler on a dummy optimiser."""
+    import torch
+
+    from .schedule import CosineAnnealingWarmupRestarts
+
+    ints = ("first_cycle_steps", "warmup_steps")
+    args = {k: int(v) if k in ints else float(v) for k, v in schedule.items()}
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=args.get("max_lr", 1.0))
+    sched = CosineAnnealingWarmupRestarts(opt, **args)
+    out = np.empty(max(int(n_steps), 0))
+    with warnings.catch_warnings():  # stepping the scheduler without optimiser steps is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        for i in range(len(out)):
+            out[i] = sched.get_last_lr()[0]
+            sched.step()
+    return out
+
+
+def plot_lr_schedule(schedule: Mapping[str, Any], n_steps: int, *, observed: pd.DataFrame | None = None,
+                     steps_per_epoch: int | None = None) -> Figure:
+    """The learning rate over a run's optimiser steps.
+
+    `observed`: metrics.csv rows (`step`, `lr`): the rate the trainer logged at each
+    epoch's end, drawn as dots on the curve. `steps_per_epoch` marks epoch boundaries.
+    """
+    lrs = lr_schedule(schedule, n_steps)
+    fig, axes = _figure(size=(8, 3.6))
+    ax = axes[0, 0]
+    ax.plot(np.arange(len(lrs)), lrs, lw=2, label="schedule")
+    if steps_per_epoch:
+        for x in range(steps_per_epoch, len(lrs), steps_per_epoch):
+            ax.axvline(x, color="0.85", lw=0.8, zorder=0)
+    if observed is not None and len(observed):
+        ax.plot(observed["step"], observed["lr"], "o", color="tab:red", label="logged at epoch ends")
+    ax.set(xlabel="optimiser step", ylabel="learning rate",
+           title=f"learning rate: peak {lrs.max() if len(lrs) else 0:.2e}, {len(lrs):,} steps")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    ax.legend()
+    return fig
+
+
+def plot_pred_vs_true(oof: pd.DataFrame | str | os.PathLike, *, true_col: str = "mos", pred_col: str = "pred",
+                      title: str = "validation fold") -> Figure:
+    """Predicted vs true MOS (e.g. a run's oof.csv), PLCC / SRCC in the title."""
+    from .metrics import all_metrics
+
+    df = _as_frame(oof)
+    with warnings.catch_warnings():  # a constant prediction scores 0 with a warning: the title says it
+        warnings.simplefilter("ignore", RuntimeWarning)
+        m = all_metrics(df[pred_col].to_numpy(float), df[true_col].to_numpy(float))
+    fig, axes = _figure(size=(5.2, 5))
+    ax = axes[0, 0]
+    ax.scatter(df[true_col], df[pred_col], s=14, alpha=0.6)
+    lo = float(min(df[true_col].min(), df[pred_col].min()))
+    hi = float(max(df[true_col].max(), df[pred_col].max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="prediction = truth")
+    ax.set(xlabel="true MOS", ylabel="predicted MOS",
+           title=f"{title}: PLCC {m['plcc']:.3f}, SRCC {m['srcc']:.3f} (n = {len(df):,})")
+    ax.legend()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# the ensemble (05_ensemble)
+# --------------------------------------------------------------------------------------------
+def plot_prediction_correlation(pred_table: pd.DataFrame, *, method: str = "pearson") -> Figure:
+    """Heat map of the correlation between runs' test predictions (columns of the table)."""
+    corr = pred_table.corr(method=method)
+    n = len(corr)
+    side = min(max(4.0, 0.6 * n + 2.5), 12.0)
+    fig, axes = _figure(size=(side + 1, side))
+    ax = axes[0, 0]
+    low = float(np.nanmin(corr.to_numpy())) if n else 0.0
+    image = ax.imshow(corr.to_numpy(), vmin=min(low, 0.99), vmax=1.0, cmap="viridis")
+    ax.set_xticks(range(n), corr.columns, rotation=60, ha="right")
+    ax.set_yticks(range(n), corr.index)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                v = corr.iat[i, j]
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                        color="black" if v > (low + 1) / 2 else "white")
+    fig.colorbar(image, ax=ax, shrink=0.8, label=f"{method} correlation")
+    ax.set_title(f"test predictions: correlation between {n} runs")
+    return fig
+
+
+def plot_pred_distribution(test_pred: Sequence[float], train_mos: Sequence[float], *, bins: int = 40,
+                           label: str = "predicted test MOS") -> Figure:
+    """The predicted test MOS distribution against the training MOS distribution.
+
+    A model regresses towards the mean: its predictions are usually narrower than the truth.
+    """
+    pred = np.asarray(test_pred, dtype=float)
+    train = np.asarray(train_mos, dtype=float)
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    edges = np.histogram_bin_edges(np.concatenate([pred, train]), bins=bins)
+    grid = _grid_for(pred, train)
+    for values, name, colour in ((train, "train MOS", TRAIN_COLOUR), (pred, label, TEST_COLOUR)):
+        ax.hist(values, bins=edges, density=True, alpha=0.35, color=colour)
+        sd = values.std(ddof=1) if len(values) > 1 else 0.0
+        _density(ax, values, grid, color=colour, lw=2, label=f"{name}: mean {values.mean():.3f}, sd {sd:.3f}")
+    ax.set(xlabel="MOS", ylabel="density", title=f"{label} vs train MOS")
+    ax.legend()
+    return fig

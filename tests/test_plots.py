@@ -1,0 +1,109 @@
+"""Every figure function returns a Figure on small made-up data, and it saves as a PNG."""
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+from PIL import Image
+
+from iqa_lib import plots
+
+RNG = np.random.default_rng(0)
+
+
+def _saves(fig, tmp_path, name="fig.png"):
+    assert isinstance(fig, Figure)
+    path = tmp_path / name
+    fig.savefig(path, dpi=50)
+    assert path.stat().st_size > 0
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+
+
+@pytest.fixture
+def table(tmp_path):
+    """A train table like load_table's: 12 images, 1-3 rows each, real JPEG files."""
+    rows = []
+    for i in range(12):
+        path = tmp_path / f"img{i}.jpg"
+        w, h = (40, 30) if i % 2 else (30, 40)
+        Image.fromarray(RNG.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+        mos = round(float(RNG.uniform(2, 9)), 3)
+        rows += [{"img_name": f"img{i}", "path": str(path), "mos": mos}] * (1 + i % 3)
+    return pd.DataFrame(rows)
+
+
+def test_mos_hist(tmp_path):
+    _saves(plots.plot_mos_hist(RNG.normal(5.5, 0.8, 200), mos_scale=10), tmp_path)
+
+
+def test_mos_hist_constant(tmp_path):
+    _saves(plots.plot_mos_hist([5.0, 5.0, 5.0]), tmp_path)  # no density, no failure
+
+
+def test_image_sizes(tmp_path):
+    sizes = pd.DataFrame({"width": [100, 120, 100, 90], "height": [80, 120, 100, 60],
+                          "split": ["train", "train", "test", "test"]})
+    _saves(plots.plot_image_sizes(sizes), tmp_path)
+    _saves(plots.plot_image_sizes(sizes.drop(columns="split")), tmp_path, "nosplit.png")
+
+
+def test_image_grid(table, tmp_path):
+    _saves(plots.plot_image_grid(table, n=3, thumb=32), tmp_path)
+    _saves(plots.plot_image_grid(table.head(1), n=4, thumb=32), tmp_path, "one.png")
+
+
+def test_rows_per_image(table, tmp_path):
+    _saves(plots.plot_rows_per_image(table), tmp_path)
+
+
+def test_folds(tmp_path):
+    folds = pd.DataFrame({"mos": RNG.uniform(1, 9, 50), "fold": np.arange(50) % 5})
+    table = plots.fold_table(folds)
+    assert list(table.columns) == ["images", "mean", "sd", "min", "max"]
+    assert table["images"].tolist() == [10] * 5
+    _saves(plots.plot_fold_distributions(folds), tmp_path)
+
+
+def test_learning_curves(tmp_path):
+    m = pd.DataFrame({"epoch": [0, 1, 2], "step": [5, 10, 15], "train_loss": [0.1, 0.05, 0.04],
+                      "val_loss": [0.09, 0.06, 0.07], "plcc": [0.2, 0.5, 0.4], "srcc": [0.1, 0.45, 0.42],
+                      "lr": [1e-4, 5e-5, 1e-5]})
+    path = tmp_path / "metrics.csv"
+    m.to_csv(path, index=False)
+    _saves(plots.plot_learning_curves(path, title="384_fold0"), tmp_path)
+
+
+SCHEDULE = {"first_cycle_steps": 20, "cycle_mult": 1.0, "max_lr": 1e-4, "min_lr": 1e-6,
+            "warmup_steps": 5, "gamma": 0.9}
+
+
+def test_lr_schedule_values():
+    lrs = plots.lr_schedule(SCHEDULE, 45)
+    assert len(lrs) == 45
+    assert lrs[0] == pytest.approx(1e-6)  # the optimiser starts at min_lr
+    assert lrs[5] == pytest.approx(1e-4)  # the peak after warm-up
+    assert lrs[25] == pytest.approx(0.9 * 1e-4)  # the second cycle's peak is gamma times lower
+
+
+def test_lr_schedule_plot(tmp_path):
+    observed = pd.DataFrame({"step": [10, 20, 30], "lr": plots.lr_schedule(SCHEDULE, 31)[[10, 20, 30]]})
+    _saves(plots.plot_lr_schedule(SCHEDULE, 40, observed=observed, steps_per_epoch=10), tmp_path)
+
+
+def test_pred_vs_true(tmp_path):
+    truth = RNG.uniform(2, 9, 40)
+    oof = pd.DataFrame({"img_name": [f"i{i}" for i in range(40)], "mos": truth, "pred": truth + RNG.normal(0, 1, 40)})
+    fig = plots.plot_pred_vs_true(oof)
+    assert "PLCC" in fig.axes[0].get_title()
+    _saves(fig, tmp_path)
+    _saves(plots.plot_pred_vs_true(oof.assign(pred=5.0)), tmp_path, "constant.png")
+
+
+def test_prediction_correlation(tmp_path):
+    base = RNG.uniform(2, 9, 30)
+    table = pd.DataFrame({f"448_fold{k}": base + RNG.normal(0, 0.3, 30) for k in range(3)})
+    _saves(plots.plot_prediction_correlation(table), tmp_path)
+
+
+def test_pred_distribution(tmp_path):
+    _saves(plots.plot_pred_distribution(RNG.normal(5.5, 0.4, 30), RNG.normal(5.5, 0.8, 100)), tmp_path)
