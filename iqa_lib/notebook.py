@@ -595,14 +595,19 @@ def steps_taken(metrics: pd.DataFrame) -> tuple[int, int]:
     return int(metrics["step"].iloc[-1]), per_epoch
 
 
-def prediction_files(out_dir: str | os.PathLike, profile: str) -> list[Path]:
-    """`{out_dir}/preds/*.csv`, sorted, or a ParameterError saying how to make them."""
+def prediction_files(out_dir: str | os.PathLike, profile: str, runs: str = "all") -> list[Path]:
+    """`{out_dir}/preds/*.csv` (runs="all") or the named runs' files, or a ParameterError saying how to make them."""
     folder = Path(out_dir) / "preds"
+    extra = f" -p profile {profile}" if profile != "team" else ""
+    how = (f"predict the test set first with notebooks/04_infer.ipynb, e.g. "
+           f"`papermill notebooks/04_infer.ipynb outputs/04_infer.ipynb{extra} -k python3`.")
+    if runs.strip() != "all":
+        files = [folder / f"{name.strip()}.csv" for name in runs.split(",") if name.strip()]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ParameterError(f"runs={runs!r}: no predictions {', '.join(missing)} in {folder}: {how}")
+        return files
     files = sorted(folder.glob("*.csv"))
     if not files:
-        extra = f" -p profile {profile}" if profile != "team" else ""
-        raise ParameterError(
-            f"no prediction files in {folder}: predict the test set first with notebooks/04_infer.ipynb, e.g. "
-            f"`papermill notebooks/04_infer.ipynb outputs/04_infer.ipynb{extra} -k python3`."
-        )
+        raise ParameterError(f"no prediction files in {folder}: {how}")
     return files

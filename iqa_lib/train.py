@@ -175,6 +175,8 @@ class EpochBatches(torch.utils.data.Sampler):
 def fit(params: dict, *, progress: bool = True, force: bool = False) -> RunResult:
     """Train one run; resume it if interrupted; return at once if it already completed.
 
+    `force=True` trains from scratch even if the run completed or has a resume state.
+
     `params` is a merged parameter dict (see `iqa_lib.params.load_params`). With
     `train.devices` > 1 it spawns one process per device (DistributedDataParallel, NCCL on
     GPUs, gloo on CPUs) from Python, so it also works inside a notebook run by papermill.
@@ -189,10 +191,10 @@ def fit(params: dict, *, progress: bool = True, force: bool = False) -> RunResul
     if world > 1:
         port = _free_port()
         torch.multiprocessing.start_processes(
-            _ddp_worker, args=(world, params, port, progress), nprocs=world, start_method="spawn"
+            _ddp_worker, args=(world, params, port, progress, force), nprocs=world, start_method="spawn"
         )
     else:
-        _train_process(params, rank=0, world=1, progress=progress)
+        _train_process(params, rank=0, world=1, progress=progress, fresh=force)
     return read_result(run_dir)
 
 
@@ -202,7 +204,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world: int, params: dict, port: int, progress: bool) -> None:
+def _ddp_worker(rank: int, world: int, params: dict, port: int, progress: bool, fresh: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     device = pick_device(params["train"].get("device", "auto"), rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -210,12 +212,12 @@ def _ddp_worker(rank: int, world: int, params: dict, port: int, progress: bool) 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group(backend, rank=rank, world_size=world)
     try:
-        _train_process(params, rank=rank, world=world, progress=progress and rank == 0)
+        _train_process(params, rank=rank, world=world, progress=progress and rank == 0, fresh=fresh)
     finally:
         dist.destroy_process_group()
 
 
-def _train_process(params: dict, rank: int, world: int, progress: bool) -> None:
+def _train_process(params: dict, rank: int, world: int, progress: bool, fresh: bool = False) -> None:
     tp = params["train"]
     run_dir = run_dir_of(params)
     name = run_dir.name
@@ -244,7 +246,8 @@ def _train_process(params: dict, rank: int, world: int, progress: bool) -> None:
 
     # -- state -----------------------------------------------------------------------------
     last_path = run_dir / "last.pt"
-    state = safe_torch_load(last_path, "resume state") if last_path.is_file() else None
+    # fresh (force=True): start over; the old files stay until the new run replaces each of them.
+    state = safe_torch_load(last_path, "resume state") if last_path.is_file() and not fresh else None
     if state is not None and state.get("model_config") != mcfg.to_dict():
         raise RuntimeError(
             f"{last_path} was written by a run with another model configuration. Delete "
@@ -290,7 +293,7 @@ def _train_process(params: dict, rank: int, world: int, progress: bool) -> None:
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(run_dir)
-        manifest = _read_json(manifest_path) or {"started": now_iso()}
+        manifest = (None if fresh else _read_json(manifest_path)) or {"started": now_iso()}
         manifest.update(
             run=name, status="running", config=params, model_config=mcfg.to_dict(),
             environment=environment_info(device), resumed_from_epoch=epoch if state else None,

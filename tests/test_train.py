@@ -89,6 +89,9 @@ def test_completed_run_is_not_retrained(exposure_data, tmp_path):
     ckpt_mtime = first.checkpoint.stat().st_mtime_ns
     again = fit(params, progress=False)
     assert again.status == "completed" and first.checkpoint.stat().st_mtime_ns == ckpt_mtime
+    forced = fit(params, progress=False, force=True)  # trains again from scratch
+    assert forced.status == "completed" and first.checkpoint.stat().st_mtime_ns != ckpt_mtime
+    assert len(forced.history) == 1
 
 
 def test_deterministic_runs_are_bit_identical(exposure_data, tmp_path):
