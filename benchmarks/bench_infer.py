@@ -39,7 +39,7 @@ def main():
             s = timeit(run, device, warmup=2, repeat=5 if cuda else 2)
             rows.append({"res": res, "batch": batch, "tta": tta, "seconds_per_batch": s, "images_per_s": batch / s})
         print(table(rows[-2:], ["res", "batch", "tta", "seconds_per_batch", "images_per_s"]), flush=True)
-        del model, fwd
+        del model
     save("infer", {"compile": args.compile, "precision": "bf16" if cuda else "fp32", "rows": rows}, device)
 
 

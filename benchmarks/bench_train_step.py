@@ -2,7 +2,7 @@
 
 (a) reference: fp32, the official forward (full ViT with hooks, per-image head loop, attention
     spelled out), torch's default Adam.
-(b) kit: the fast path, bf16 autocast on a GPU (fp32 on a CPU), fused Adam on CUDA, and
+(b) kit: the fast path, bf16 autocast on a GPU (fp32 on a CPU), fused Adam, and
     torch.compile with --compile.
 
     python benchmarks/bench_train_step.py                      # GPU: 384/448/640 at the params' batch sizes
@@ -58,7 +58,7 @@ def bench_res(res, batch, device, compile_, repeat):
             opt = torch.optim.Adam(params, lr=1e-5, weight_decay=1e-5)
             step = make_step(model, opt, x, y, model.forward_reference, None)
         else:
-            opt = torch.optim.Adam(params, lr=1e-5, weight_decay=1e-5, fused=cuda)
+            opt = torch.optim.Adam(params, lr=1e-5, weight_decay=1e-5, fused=True)
             fwd = torch.compile(model) if compile_ else model
             step = make_step(model, opt, x, y, fwd, torch.bfloat16 if cuda else None)
         if cuda:

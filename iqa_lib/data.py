@@ -59,6 +59,8 @@ import torch
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from .checkpoint import atomic_write_text
+
 MAX_LISTED = 20  # problems listed per kind in a DataError; the rest are counted
 CHECK_MODES = ("none", "open", "decode")
 BACKENDS = ("pil", "cv2")
@@ -685,8 +687,8 @@ def _build_cache(folder: Path, paths: list[str], size: int, backend: str, num_wo
                 problems.append(problem)
         _fsync_file(target)
         os.replace(target, images_file)
-        _atomic_write(folder / "index.json", json.dumps({**meta, "paths": paths, "fingerprints": fingerprints}))
-        _atomic_write(flag, time.strftime("%Y-%m-%d %H:%M:%S\n"))
+        atomic_write_text(folder / "index.json", json.dumps({**meta, "paths": paths, "fingerprints": fingerprints}))
+        atomic_write_text(flag, time.strftime("%Y-%m-%d %H:%M:%S\n"))
     if problems:
         raise DataError(problems, f"cache {folder}: images that could not be decoded")
 
@@ -774,16 +776,6 @@ def _decode_into(job: tuple[int, str]) -> tuple[int, list | None, Problem | None
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Temp file + fsync + os.replace: readers see the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @contextmanager

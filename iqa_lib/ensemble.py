@@ -9,7 +9,6 @@ and averages the rest. Here that is one vectorised pass over an
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from .checkpoint import atomic_write_text
 
 PathLike = str | os.PathLike
 SUBMISSION_COLUMNS = ["img_name", "mos", "comments"]
@@ -220,17 +221,7 @@ def write_submission(
             raise ValueError(f"got {len(values)} mos values for {len(names)} test images")
     sub = pd.DataFrame({"img_name": names, "mos": values, "comments": comments})
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            sub.to_csv(f, index=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a submission is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_text(path, sub.to_csv(index=False))
 
 
 def validate_submission(

@@ -265,7 +265,7 @@ def _train_process(params: dict, rank: int, world: int, progress: bool, fresh: b
     op, sp = params["optim"], params["schedule"]
     optimizer = torch.optim.Adam(
         model.parameters(), lr=float(op["lr"]), weight_decay=float(op["weight_decay"]),
-        fused=device.type == "cuda",
+        fused=True,  # one kernel for all parameters, on CUDA and CPU alike
     )
     scheduler = CosineAnnealingWarmupRestarts(optimizer, **schedule_args(sp))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
