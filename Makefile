@@ -17,4 +17,4 @@ reproduce: install
 	$(PYTHON) -m iqa_lib.run_all
 
 clean-outputs:
-	rm -rf outputs/runs outputs/preds outputs/folds.csv outputs/submission.csv
+	rm -rf outputs/runs outputs/preds outputs/notebooks outputs/eda outputs/folds.csv outputs/submission.csv

@@ -327,10 +327,11 @@ def _train_process(params: dict, rank: int, world: int, progress: bool, fresh: b
     try:
         while epoch < epochs and stop_reason is None:
             # Per-epoch seeds make the epoch reproducible from its number alone; a mid-epoch
-            # resume restores the exact RNG states saved with the position.
+            # resume restores the exact RNG states saved with the position (rank 0's: with DDP
+            # the other ranks restart their epoch streams, distinct but not a bit-exact replay).
             torch.manual_seed(epoch_seed(seed, epoch) + rank)
             flip_gen.manual_seed(epoch_seed(seed + 1, epoch) + rank)
-            if rng is not None and start_batch > 0:
+            if rng is not None and start_batch > 0 and rank == 0:
                 torch.set_rng_state(rng["torch"])
                 flip_gen.set_state(rng["flip"])
                 if device.type == "cuda" and rng.get("cuda") is not None:
