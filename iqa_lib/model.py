@@ -194,7 +194,7 @@ class MANIQA(nn.Module):
         return [p for m in mods for p in m.parameters()]
 
     # -- the shared middle: TABs and Swin stages on (B, 4D, N) ----------------------------------
-    def _head(self, x: torch.Tensor, fused: bool) -> torch.Tensor:
+    def _stages(self, x: torch.Tensor, fused: bool) -> torch.Tensor:
         g = self.cfg.grid
         for tab in self.tablock1:
             x = tab(x, fused)
@@ -210,7 +210,7 @@ class MANIQA(nn.Module):
         feats = self.vit.forward_intermediates(
             x, indices=list(self.cfg.feature_blocks), stop_early=True, intermediates_only=True
         )  # each (B, D, g, g), CLS token dropped
-        x = self._head(torch.cat(feats, dim=1).flatten(2), fused=True)
+        x = self._stages(torch.cat(feats, dim=1).flatten(2), fused=True)
         f, w = self.fc_score(x), self.fc_weight(x)  # (B, N, 1)
         return ((f * w).sum(dim=(1, 2)) / w.sum(dim=(1, 2)))
 
@@ -226,7 +226,7 @@ class MANIQA(nn.Module):
             for h in hooks:
                 h.remove()
         feats = torch.cat([outputs[i][:, self.vit.num_prefix_tokens :] for i in self.cfg.feature_blocks], dim=2)
-        x = self._head(feats.transpose(1, 2), fused=False)
+        x = self._stages(feats.transpose(1, 2), fused=False)
         scores = []
         for tokens in x:  # one image at a time, as the official code
             f, w = self.fc_score(tokens), self.fc_weight(tokens)
