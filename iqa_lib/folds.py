@@ -24,8 +24,13 @@ the result is exactly the plain recipe's.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+
+from .checkpoint import atomic_write_text
 
 
 def make_folds(
@@ -165,3 +170,13 @@ def folds_for_table(df: pd.DataFrame, n_folds: int = 5) -> pd.DataFrame:
     """The kit's default: group-aware when the table has a `group` column (KADID's reference
     images, written by `iqa_lib.prepare`), else exactly the team's folds (SPEC §2)."""
     return make_folds(df, n_folds=n_folds, group_col="group" if "group" in df.columns else None)
+
+
+def write_folds(folds: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Path, bool]:
+    """Write `{out_dir}/folds.csv` atomically, as training reads it; return (path, changed),
+    where changed says an existing, different folds.csv was replaced."""
+    path = Path(out_dir) / "folds.csv"
+    text = folds.drop(columns=["path"], errors="ignore").to_csv(index=False)
+    changed = path.is_file() and path.read_text() != text
+    atomic_write_text(path, text)
+    return path, changed

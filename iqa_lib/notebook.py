@@ -39,7 +39,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .params import ParamsError, load_params, profile_resolutions, run_name
+from .params import ParamsError, load_params, profile_resolutions, run_dir, run_name
 
 # Notebook parameter -> the dotted keys of params/*.yaml it overrides (None = keep the profile's).
 OVERRIDE_KEYS: dict[str, tuple[str, ...]] = {
@@ -379,26 +379,9 @@ def data_summary(train: pd.DataFrame, test: pd.DataFrame | None = None) -> pd.Da
     return pd.DataFrame({"value": list(rows.values())}, index=pd.Index(list(rows), name="what"))
 
 
-def write_folds(folds: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Path, bool]:
-    """Write `{out_dir}/folds.csv` atomically, as training reads it; return (path, changed),
-    where changed says an existing, different folds.csv was replaced."""
-    from .checkpoint import atomic_write_text
-
-    path = Path(out_dir) / "folds.csv"
-    text = folds.drop(columns=["path"], errors="ignore").to_csv(index=False)
-    changed = path.is_file() and path.read_text() != text
-    atomic_write_text(path, text)
-    return path, changed
-
-
 # --------------------------------------------------------------------------------------------
 # runs
 # --------------------------------------------------------------------------------------------
-def run_dir(out_dir: str | os.PathLike, res: int, fold: int) -> Path:
-    """`{out_dir}/runs/{res}_fold{k}` (where 03_train writes a run)."""
-    return Path(out_dir) / "runs" / run_name(res, fold)
-
-
 def checkpoint_path(out_dir: str | os.PathLike, res: int, fold: int) -> Path:
     return run_dir(out_dir, res, fold) / f"{run_name(res, fold)}.ckpt"
 

@@ -145,6 +145,11 @@ def run_name(res: int, fold: int) -> str:
     return f"{res}_fold{fold}"
 
 
+def run_dir(out_dir: str | os.PathLike, res: int, fold: int) -> Path:
+    """`{out_dir}/runs/{res}_fold{k}`, where one training run writes everything."""
+    return Path(out_dir) / "runs" / run_name(res, fold)
+
+
 # --- checks --------------------------------------------------------------------------------
 def _is_int(value: Any) -> bool:
     """True for ints, numpy ints included; bool is not an int here."""

@@ -28,10 +28,11 @@ from tqdm.auto import tqdm
 from . import data as D
 from .checkpoint import (KIT_FORMAT, atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temp_files,
                          safe_torch_load)
-from .folds import folds_for_table
+from .folds import folds_for_table, write_folds
 from .metrics import all_metrics
 from .model import MANIQA, MANIQAConfig
 from .params import model_config
+from .params import run_dir as run_folder
 from .runinfo import environment_info, now_iso
 from .schedule import CosineAnnealingWarmupRestarts
 
@@ -59,7 +60,7 @@ class RunResult:
 # configuration helpers
 # --------------------------------------------------------------------------------------------
 def run_dir_of(params: dict) -> Path:
-    return Path(params["out_dir"]) / "runs" / f"{params['res']}_fold{params['fold']}"
+    return run_folder(params["out_dir"], params["res"], params["fold"])
 
 
 def pick_device(name: str = "auto", rank: int = 0) -> torch.device:
@@ -139,7 +140,7 @@ def load_folds(params: dict) -> pd.DataFrame:
             )
         folds = folds.drop(columns="fold").merge(saved[["img_name", "fold"]], on="img_name", how="left")
     else:
-        atomic_write_text(folds_csv, folds.drop(columns=["path"], errors="ignore").to_csv(index=False))
+        write_folds(folds, params["out_dir"])
     return folds.reset_index(drop=True)
 
 
