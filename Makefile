@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install test demo reproduce clean-outputs
+.PHONY: install test demo clive reproduce clean-outputs
 
 install:
 	$(PIP) install --quiet --disable-pip-version-check -e ".[dev]"
@@ -12,6 +12,12 @@ test: install
 
 demo: install
 	$(PYTHON) -m iqa_lib.run_all --profile demo
+
+# The cpu profile on real human scores: CLIVE re-split 80/20, 15 runs, holdout scored (README).
+CLIVE_SRC ?= ../shared/data/clive_dev
+clive: install
+	test -f data/clive/dataset.json || $(PYTHON) -m iqa_lib.prepare kit $(CLIVE_SRC) data/clive --holdout 0.2 --mos-scale 100 --link
+	$(PYTHON) -m iqa_lib.run_all --profile cpu
 
 reproduce: install
 	$(PYTHON) -m iqa_lib.run_all

@@ -37,7 +37,8 @@ def predict(
 ) -> pd.DataFrame:
     """MOS for every image of `csv_name`, in its order, on the checkpoint's MOS scale, clipped to it.
 
-    `tta=True` averages the image with its vertical and horizontal flips. `expect` (the
+    `tta=True` averages the image with its vertical and horizontal flips. A checkpoint trained
+    on crops (`model.load_size`) is scored over its grid of crops (iqa_lib.crops). `expect` (the
     config the caller means to use) makes a checkpoint of another variant fail clearly.
     """
     model, ckpt = load_model(checkpoint, expect)
@@ -46,10 +47,13 @@ def predict(
     scale = float(ckpt["mos_scale"])
     table = D.load_table(data_dir, csv_name, labelled=False, check_images="open")
     table = table.drop_duplicates("img_name").reset_index(drop=True)
-    store = D.ImageStore.open(table["path"].tolist(), model.cfg.img_size, cache_dir=cache_dir,
+    # Checkpoints trained on crops say how they saw images; older ones saw them whole.
+    view = ckpt.get("input") or {"load_size": model.cfg.img_size, "crop_grid": 1}
+    store = D.ImageStore.open(table["path"].tolist(), int(view["load_size"]), cache_dir=cache_dir,
                               num_workers=num_workers, progress=progress)
     preds = predict_indices(model, D.IQADataset(store), np.arange(len(table)), dev, autocast_dtype(precision, dev),
-                            batch_size=batch_size, num_workers=num_workers, tta=tta)
+                            batch_size=batch_size, num_workers=num_workers, tta=tta,
+                            crop=model.cfg.img_size, crop_grid=int(view["crop_grid"]))
     return pd.DataFrame({"img_name": table["img_name"], "mos": np.clip(preds * scale, 0.0, scale)})
 
 

@@ -273,7 +273,31 @@ def run_params(
         params["model"]["weights_file"] = str(resolve_path(params["model"]["weights_file"]))
     if require_data:
         check_data_dir(params, from_parameter=options.get("data_dir") is not None)
+    recorded = recorded_mos_scale(params["data_dir"])
+    if recorded is not None and recorded != params["mos_scale"]:
+        # A folder made by iqa_lib.prepare knows its own scale: CLIVE 0-100, KonIQ 1-5 ...
+        if params["data_dir"] not in _SCALE_NOTED:  # once per folder, not per run
+            _SCALE_NOTED.add(params["data_dir"])
+            print(f"mos_scale {recorded:g} from {Path(params['data_dir']) / 'dataset.json'} "
+                  f"(profile {params['profile']!r} says {params['mos_scale']:g})")
+        params["mos_scale"] = recorded
     return params
+
+
+_SCALE_NOTED: set[str] = set()
+
+
+def recorded_mos_scale(data_dir: str | os.PathLike) -> float | None:
+    """The MOS scale that `iqa_lib.prepare` recorded in data_dir/dataset.json, if any."""
+    path = Path(data_dir) / "dataset.json"
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text()).get("mos_scale")
+        return None if value is None else float(value)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ParameterError(f"'{path}' is not a readable dataset.json ({e}): rewrite it with "
+                             f"`python -m iqa_lib.prepare ... --overwrite`, or delete it to use the profile's mos_scale.") from e
 
 
 def check_data_dir(params: Mapping, *, from_parameter: bool = False) -> Path:
@@ -297,8 +321,9 @@ def check_data_dir(params: Mapping, *, from_parameter: bool = False) -> Path:
     else:
         msg += (
             "Point data_dir at the folder holding train.csv, test.csv, train/ and test/ "
-            "(e.g. `-p data_dir data`), or try the kit on synthetic data with `-p profile demo` "
-            "after `python -m iqa_lib.demo_data data/demo`."
+            "(e.g. `-p data_dir data`), convert a public data set into it with "
+            f"`python -m iqa_lib.prepare NAME SRC {_display_path(data_dir)} --holdout 0.2` (see README), "
+            "or try the kit on synthetic data with `-p profile demo` after `python -m iqa_lib.demo_data data/demo`."
         )
     raise ParameterError(msg)
 

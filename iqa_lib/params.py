@@ -38,6 +38,7 @@ NULLABLE_TYPES: dict[str, tuple[type, ...]] = {
     "model.variant": (int, str),
     "model.weights_file": (str,),
     "model.img_size": (int,),
+    "model.load_size": (int,),
     "train.max_steps": (int,),
     "train.save_every_steps": (int,),
 }
@@ -50,7 +51,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 # Keys that must be > 0 (n_folds >= 2 is checked with the fold).
 POSITIVE = {
-    "mos_scale", "model.img_size", "model.patch_size", "model.embed_dim", "model.head_hidden",
+    "mos_scale", "model.img_size", "model.load_size", "model.crop_grid", "model.patch_size", "model.embed_dim", "model.head_hidden",
     "train.batch_size", "train.epochs", "train.max_steps", "train.val_batch_size", "train.grad_accum", "train.devices", "train.save_every_steps",
     "infer.batch_size", "schedule.first_cycle_steps",
 }
@@ -334,7 +335,7 @@ def load_params(
 
     Returns:
         A nested dict with base.yaml's keys plus `res`, `fold` and `profile`; `model.img_size` and
-        `model.variant` are filled with `res` where null.
+        `model.variant` are filled with `res` where null, `model.load_size` with `model.img_size`.
 
     Raises:
         ParamsError (a ValueError): a bad argument, file, key, type or value; the message says the fix.
@@ -374,6 +375,14 @@ def load_params(
         model["img_size"] = res
     if model["variant"] is None:
         model["variant"] = res
+    if model["load_size"] is None:
+        model["load_size"] = model["img_size"]
+    elif model["load_size"] < model["img_size"]:
+        raise ParamsError(
+            f"model.load_size ({model['load_size']}) is smaller than the model's input model.img_size "
+            f"({model['img_size']}): crops are cut from the stored image, so use load_size >= img_size "
+            f"(or null to show whole images)."
+        )
     return {"res": res, "fold": fold, "profile": profile_path.stem, **params}
 
 

@@ -3,7 +3,8 @@
 One step from a download to something the notebooks train on::
 
     python -m iqa_lib.prepare NAME SRC DEST [--holdout 0.2] [--seed 0] [--max-side N]
-                              [--copy | --link] [--overwrite] [--score COLUMN] [--workers N]
+                              [--copy | --link] [--overwrite] [--score COLUMN] [--mos-scale S]
+                              [--workers N]
 
 or ``prepare(name, src, dest, holdout=None, seed=0, max_side=None, mode="copy")``.
 
@@ -37,6 +38,10 @@ Data sets (``NAME``), their original layouts and what is done with them:
     imperceptible, 1 = very annoying): higher is better, so it is used as MOS, not inverted
     (dataset.json also records the correlation of the score with the distortion level in the
     file name, which is negative when that holds). Scale 5.
+``kit``    A folder already in the kit's layout (``train.csv``, ``train/``), such as the shared
+    ``clive_dev`` subset or an earlier conversion: re-split with ``--holdout`` (its
+    ``test.csv``, if any, is left out: its images have no MOS). The MOS scale comes from its
+    ``dataset.json`` when there is one, else from ``--mos-scale``. A ``group`` column is kept.
 ``spaq``   SPAQ: ``Annotations/MOS and Image attribute scores.xlsx`` (``Image name``, ``MOS``
     on 0-100, attribute scores) or a CSV export of it, and ``TestImage/``. The photos are
     about 4000x3000, so they are shrunk by default to 512 pixels on the longer side (see
@@ -344,6 +349,36 @@ def _read_kadid(src: Path, score: str | None) -> Scores:
                   csv_path.parent, details=details, notes=notes)
 
 
+def _read_kit(src: Path, score: str | None, mos_scale: float | None = None) -> Scores:
+    info = DATASETS["kit"]
+    csv = _find(src, ["train.csv"])
+    if csv is None:
+        raise _missing(info, src, "train.csv")
+    root = csv.parent
+    recorded = root / "dataset.json"
+    if mos_scale is None and recorded.is_file():
+        try:
+            mos_scale = float(json.loads(recorded.read_text())["mos_scale"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError([Problem("unreadable", str(recorded), f"no mos_scale in it ({e})",
+                                     "pass --mos-scale (e.g. 100 for CLIVE, 10 for the challenge)")],
+                            "cannot read kit") from e
+    if mos_scale is None:
+        raise DataError([Problem("MOS scale unknown", str(root), "no dataset.json records the MOS scale",
+                                 "pass --mos-scale (the top of the MOS range: 10 for the challenge, "
+                                 "100 for CLIVE, 5 for KonIQ-10k's MOS)")], "cannot read kit")
+    table = load_table(root, "train.csv", mos_scale=mos_scale, check_images="open", progress=False)
+    if "group" in table and table["group"].isna().any():
+        raise DataError([Problem("empty group", str(csv), f"{int(table['group'].isna().sum())} row(s) have no group",
+                                 "fill the group column for every row, or remove the column")], "cannot read kit")
+    table = table.drop_duplicates("img_name").reset_index(drop=True)
+    out = table[["img_name", "path", "mos"] + (["group"] if "group" in table else [])].rename(columns={"path": "source"})
+    notes = [] if not (root / "test.csv").is_file() else [
+        f"{root / 'test.csv'} was left out: its images have no MOS to score a holdout with"]
+    return Scores(out.reset_index(drop=True), float(mos_scale), f"{csv.name} mos", root,
+                  details={"kit_source": str(csv)}, notes=notes)
+
+
 SPAQ_STEM = "MOS and Image attribute scores"
 
 
@@ -441,6 +476,20 @@ DATASETS: dict[str, DatasetInfo] = {
                    "used as MOS, not inverted"),
         default_max_side=None,
         reader=_read_kadid,
+    ),
+    "kit": DatasetInfo(
+        name="kit",
+        title="a data set in the kit's layout",
+        layout=("  SRC/\n"
+                "    train.csv   img_name, img_path, mos[, comments][, group]\n"
+                "    train/...   the images img_path names\n"
+                "    dataset.json   (optional) mos_scale; else pass --mos-scale"),
+        citation="As recorded by the source's own README / licence files (copied along).",
+        licence="As stated by the source's own licence file (copied along when found at its top).",
+        url="",
+        direction="MOS as in the source's train.csv (higher is better, as the kit expects); used as is",
+        default_max_side=None,
+        reader=_read_kit,
     ),
     "spaq": DatasetInfo(
         name="spaq",
@@ -607,7 +656,7 @@ def _clear_previous(dest: Path) -> None:
             pass
 
 
-def _command(name, src, dest, holdout, seed, max_side, mode, overwrite, score) -> str:
+def _command(name, src, dest, holdout, seed, max_side, mode, overwrite, score, mos_scale=None) -> str:
     args = ["python", "-m", "iqa_lib.prepare", name, str(src), str(dest)]
     if holdout is not None:
         args += ["--holdout", f"{holdout:g}", "--seed", str(seed)]
@@ -615,6 +664,8 @@ def _command(name, src, dest, holdout, seed, max_side, mode, overwrite, score) -
         args += ["--max-side", str(max_side)]
     if score is not None:
         args += ["--score", score]
+    if mos_scale is not None:
+        args += ["--mos-scale", f"{mos_scale:g}"]
     args.append("--link" if mode == "link" else "--copy")
     if overwrite:
         args.append("--overwrite")
@@ -682,6 +733,7 @@ def prepare(
     *,
     overwrite: bool = False,
     score: str | None = None,
+    mos_scale: float | None = None,
     workers: int | None = None,
     progress: bool = True,
 ) -> Path:
@@ -702,6 +754,7 @@ def prepare(
         overwrite: replace a previous conversion in a non-empty `dest`.
         score: which score column to use where there is a choice (KonIQ: "MOS", the default,
             or "MOS_zscore").
+        mos_scale: "kit" only: the top of the source's MOS range when it has no dataset.json.
         workers: threads writing images (default: up to 8).
         progress: show progress bars.
 
@@ -724,7 +777,11 @@ def prepare(
                         f"cannot read {name}")
     _check_dest(dest, src, overwrite)
     start = time.perf_counter()
-    scores = info.reader(src, score)  # read and check everything before touching DEST
+    if mos_scale is not None and (name != "kit" or isinstance(mos_scale, bool)
+                                  or not isinstance(mos_scale, (int, float)) or mos_scale <= 0):
+        raise ValueError(f"mos_scale= is for the 'kit' source only and must be > 0; got {mos_scale!r} for {name}")
+    # read and check everything before touching DEST
+    scores = _read_kit(src, score, mos_scale) if name == "kit" else info.reader(src, score)
     _check_table(scores, info)
     shrink_to = info.default_max_side if max_side is None else (max_side or None)
 
@@ -799,7 +856,7 @@ def prepare(
         "source_docs": docs,
         "details": scores.details,
         "notes": scores.notes,
-        "command": _command(name, src, dest, holdout, seed, max_side, mode, overwrite, score),
+        "command": _command(name, src, dest, holdout, seed, max_side, mode, overwrite, score, mos_scale),
         "kit_params": {"data_dir": str(dest.resolve()), "mos_scale": scores.mos_scale},
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -834,13 +891,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="hard-link the images instead of copying (same file system only)")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous conversion in DEST")
     parser.add_argument("--score", default=None, help="koniq only: MOS (default) or MOS_zscore")
+    parser.add_argument("--mos-scale", type=float, default=None,
+                        help="kit only: the top of the MOS range when SRC has no dataset.json (e.g. 100 for CLIVE)")
     parser.add_argument("--workers", type=int, default=None, help="threads writing images (default: up to 8)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
         dest = prepare(args.name, args.src, args.dest, holdout=args.holdout, seed=args.seed,
                        max_side=args.max_side, mode=args.mode or "copy", overwrite=args.overwrite,
-                       score=args.score, workers=args.workers, progress=not args.quiet)
+                       score=args.score, mos_scale=args.mos_scale, workers=args.workers, progress=not args.quiet)
     except (DataError, FileExistsError, NotADirectoryError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from . import data as D
 from .checkpoint import (KIT_FORMAT, atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temp_files,
                          safe_torch_load)
+from .crops import grid_crops, random_crops
 from .folds import folds_for_table, write_folds
 from .metrics import all_metrics
 from .model import MANIQA, MANIQAConfig
@@ -186,6 +187,7 @@ def fit(params: dict, *, progress: bool = True, force: bool = False) -> RunResul
     if not force:
         done = completed_result(run_dir)
         if done is not None:
+            _check_same_recipe(run_dir, params)
             print(f"{run_dir.name}: already completed (best epoch {done.best_epoch}); pass force=True to retrain.")
             return done
     world = int(params["train"].get("devices", 1))
@@ -197,6 +199,46 @@ def fit(params: dict, *, progress: bool = True, force: bool = False) -> RunResul
     else:
         _train_process(params, rank=0, world=1, progress=progress, fresh=force)
     return read_result(run_dir)
+
+
+# Keys that may change between the run and a later call without changing what was trained.
+_RUNTIME_KEYS = ("data_dir", "out_dir", "profile", "model.weights_file", "train.device", "train.devices",
+                 "train.num_workers", "train.cache", "train.check_images", "train.val_batch_size", "train.compile",
+                 "train.save_every_steps", "infer.")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "vit_kwargs" else {f"{prefix}{k}": v})
+    return out
+
+
+def _check_same_recipe(run_dir: Path, params: dict) -> None:
+    """A completed run asked for again with other parameters: fail if it is another model, else warn."""
+    old = (_read_json(run_dir / "manifest.json") or {}).get("config")
+    if not old:
+        return
+    before, now = _flatten(old), _flatten(_json_round_trip(params))
+    changed = sorted(k for k in before.keys() | now.keys()
+                     if before.get(k) != now.get(k) and not k.startswith(_RUNTIME_KEYS))
+    if not changed:
+        return
+    listing = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:8])
+    if any(k.startswith("model.") for k in changed):
+        raise RuntimeError(
+            f"{run_dir} holds a completed run of another model ({listing}). Pass force=True (run_all --force) "
+            f"to retrain it, or use another out_dir to keep both."
+        )
+    print(f"{run_dir.name}: WARNING it completed with other parameters ({listing}); its results are kept. "
+          f"Pass force=True to retrain with the new ones.")
+
+
+def _json_round_trip(obj):
+    """What `obj` reads back as after a JSON round trip (tuples become lists)."""
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
 
 
 def _free_port() -> int:
@@ -233,8 +275,9 @@ def _train_process(params: dict, rank: int, world: int, progress: bool, fresh: b
     mos_scale = float(params["mos_scale"])
     folds = load_folds(params)
     mcfg = model_config(params)
+    view = input_view(params)
     store = D.ImageStore.open(
-        folds["path"].tolist(), mcfg.img_size,
+        folds["path"].tolist(), view["load_size"],
         cache_dir=(Path(params["out_dir"]) / "cache") if tp.get("cache", True) else None,
         num_workers=int(tp.get("num_workers", 0)), progress=progress,
     )
@@ -249,7 +292,8 @@ def _train_process(params: dict, rank: int, world: int, progress: bool, fresh: b
     last_path = run_dir / "last.pt"
     # fresh (force=True): start over; the old files stay until the new run replaces each of them.
     state = safe_torch_load(last_path, "resume state") if last_path.is_file() and not fresh else None
-    if state is not None and state.get("model_config") != mcfg.to_dict():
+    if state is not None and (state.get("model_config") != mcfg.to_dict()
+                              or state.get("input", {"load_size": mcfg.img_size, "crop_grid": 1}) != view):
         raise RuntimeError(
             f"{last_path} was written by a run with another model configuration. Delete "
             f"{run_dir} to start this run afresh, or rerun with the parameters it was started with."
@@ -320,7 +364,7 @@ def _train_process(params: dict, rank: int, world: int, progress: bool, fresh: b
             "history": history, "best": best,
             "rng": {"torch": torch.get_rng_state(), "flip": flip_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-            "model_config": mcfg.to_dict(), "config": params,
+            "model_config": mcfg.to_dict(), "input": view, "config": params,
         }, last_path)
 
     stop_reason = None
@@ -350,6 +394,8 @@ def _train_process(params: dict, rank: int, world: int, progress: bool, fresh: b
             bar = tqdm(loader, desc=f"{name} epoch {epoch}", disable=not progress, leave=False,
                        total=len(sampler), dynamic_ncols=True)
             for b, (images, targets, _) in enumerate(bar, start=start_batch):
+                if view["load_size"] > mcfg.img_size:
+                    images = random_crops(images, mcfg.img_size, flip_gen)
                 x = D.to_model_input(images, train=True, flip=flip, generator=flip_gen, device=device)
                 y = targets.to(device, non_blocking=True) / mos_scale
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -383,7 +429,8 @@ def _train_process(params: dict, rank: int, world: int, progress: bool, fresh: b
             # -- validation (every rank predicts its share; all get every prediction) --------
             preds = predict_indices(model, dataset, val_idx, device, amp_dtype,
                                     batch_size=int(tp.get("val_batch_size", batch_size)),
-                                    num_workers=int(tp.get("num_workers", 0)), rank=rank, world=world)
+                                    num_workers=int(tp.get("num_workers", 0)), rank=rank, world=world,
+                                    crop=mcfg.img_size, crop_grid=view["crop_grid"])
             truth = folds["mos"].to_numpy(np.float64)[val_idx]
             if is_main and not np.any(preds):
                 print(f"{name}: WARNING every validation prediction is 0: the score head's final ReLU is dead "
@@ -399,7 +446,7 @@ def _train_process(params: dict, rank: int, world: int, progress: bool, fresh: b
                 best = {"epoch": epoch, **metrics, "val_loss": val_loss}
                 patience_left = patience
                 if is_main:
-                    save_best(model, mcfg, params, run_dir, epoch, metrics)
+                    save_best(model, mcfg, params, run_dir, epoch, metrics, view)
                     oof = folds.iloc[val_idx][["img_name", "mos"]].assign(pred=np.clip(preds * mos_scale, 0, mos_scale))
                     atomic_write_text(run_dir / "oof.csv", oof.to_csv(index=False))
             else:
@@ -455,10 +502,12 @@ def _epochs_since_best(history: list, best: dict) -> int:
 
 @torch.no_grad()
 def predict_indices(model, dataset, indices, device, amp_dtype, batch_size=32, num_workers=0, rank=0, world=1,
-                    tta: bool = False) -> np.ndarray:
+                    tta: bool = False, crop: int | None = None, crop_grid: int = 1) -> np.ndarray:
     """Model outputs (on the 0-1 target scale) for dataset[indices], in that order.
 
-    With several ranks each predicts a strided share and the shares are gathered.
+    Images larger than the model's input `crop` are scored as the mean over a `crop_grid` x
+    `crop_grid` grid of crops; `tta` adds each view's two flips to the mean. With several
+    ranks each predicts a strided share and the shares are gathered.
     """
     was_training = model.training
     model.eval()
@@ -468,7 +517,8 @@ def predict_indices(model, dataset, indices, device, amp_dtype, batch_size=32, n
     out = []
     for images, _, _ in loader:
         x = D.to_model_input(images, train=False, device=device)
-        views = [x, x.flip(-2), x.flip(-1)] if tta else [x]
+        places = grid_crops(x, crop, crop_grid) if crop and crop < x.shape[-1] else [x]
+        views = [v for c in places for v in ((c, c.flip(-2), c.flip(-1)) if tta else (c,))]
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             p = torch.stack([model(v).float() for v in views]).mean(0)
         out.append(p.cpu())
@@ -484,9 +534,17 @@ def predict_indices(model, dataset, indices, device, amp_dtype, batch_size=32, n
     return full
 
 
-def save_best(model, mcfg: MANIQAConfig, params: dict, run_dir: Path, epoch: int, metrics: dict) -> None:
+def input_view(params: dict) -> dict:
+    """How images reach the model (iqa_lib.crops): the stored side and the test-time crop grid."""
+    model = params["model"]
+    return {"load_size": int(model.get("load_size") or model["img_size"]), "crop_grid": int(model.get("crop_grid", 1))}
+
+
+def save_best(model, mcfg: MANIQAConfig, params: dict, run_dir: Path, epoch: int, metrics: dict,
+              view: dict | None = None) -> None:
     atomic_torch_save({
         "format": KIT_FORMAT, "model": model.state_dict(), "model_config": mcfg.to_dict(),
+        "input": view or input_view(params),
         "variant": str(params["res"]), "fold": int(params["fold"]), "mos_scale": float(params["mos_scale"]),
         "epoch": epoch, "metrics": metrics, "flip": params["train"].get("flip", "vertical"),
     }, run_dir / f"{run_dir.name}.ckpt")

@@ -149,6 +149,18 @@ def test_run_params_overrides_and_paths(tmp_path):
     assert p["model"]["weights_file"] == str(ROOT / "w.npz")
 
 
+def test_run_params_takes_the_mos_scale_a_prepared_folder_records(tmp_path, capsys):
+    assert run_params("demo", data_dir=str(tmp_path))["mos_scale"] == 10.0  # the profile's
+    (tmp_path / "dataset.json").write_text('{"dataset": "clive", "mos_scale": 100.0}')
+    assert run_params("demo", 448, 2, data_dir=str(tmp_path))["mos_scale"] == 100.0
+    assert run_params("demo", data_dir=str(tmp_path))["mos_scale"] == 100.0
+    out = capsys.readouterr().out
+    assert out.count("mos_scale 100 from") == 1 and "profile 'demo' says 10" in out  # said once
+    (tmp_path / "dataset.json").write_text("{not json")
+    with pytest.raises(ParameterError, match=r"dataset.json' is not a readable dataset.json"):
+        run_params("demo", data_dir=str(tmp_path))
+
+
 def test_run_params_missing_data_dir(tmp_path):
     with pytest.raises(ParameterError, match=r"data_dir .* does not exist.*python -m iqa_lib\.demo_data"):
         run_params("demo", data_dir=str(tmp_path / "nothing"))

@@ -373,3 +373,46 @@ def test_clive_dev_is_in_the_kits_layout():
     assert table["img_name"].str.fullmatch(r"clive_\d+").all()
     assert (table["img_path"] == "./train/" + table["img_name"] + ".jpg").all()
     assert table["mos"].between(0, 100).all()
+
+
+def test_kit_layout_is_resplit_with_a_holdout(tmp_path):
+    # An earlier conversion (with dataset.json and groups) re-split into train + held-out test.
+    first = prepare("kadid", make_kadid(tmp_path / "src"), tmp_path / "kadid", progress=False)
+    (first / "LICENSE.txt").write_text("kadid licence\n")
+    out = prepare("kit", first, tmp_path / "split", holdout=0.25, seed=1, progress=False)
+    meta = _meta(out)
+    assert meta["dataset"] == "kit" and meta["mos_scale"] == 5 and meta["group_column"] == "group"
+    train, labels = pd.read_csv(out / "train.csv"), pd.read_csv(out / "test_labels.csv")
+    assert len(train) + len(labels) == 12 and len(labels) > 0
+    assert not set(train["group"]) & set(labels["group"])
+    original = pd.read_csv(first / "train.csv").set_index("img_name")["mos"]
+    assert np.allclose(labels.set_index("img_name")["mos"], original.loc[labels["img_name"]])
+    assert (out / "LICENSE.txt").read_text() == "kadid licence\n"  # the source's licence travels
+    assert "--mos-scale" not in meta["command"]
+
+
+def test_kit_layout_without_dataset_json_needs_the_scale(tmp_path):
+    src = tmp_path / "plain"
+    (src / "train").mkdir(parents=True)
+    for i in range(6):
+        _image(src / "train" / f"a{i}.png", seed=i, fmt="PNG")
+    pd.DataFrame({"img_name": [f"a{i}" for i in range(6)], "img_path": [f"./train/a{i}.png" for i in range(6)],
+                  "mos": [10.0, 55, 20, 90, 40, 70]}).to_csv(src / "train.csv", index=False)
+    with pytest.raises(DataError, match=r"(?s)MOS scale unknown.*pass --mos-scale"):
+        prepare("kit", src, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # nothing written on failure
+    with pytest.raises(ValueError, match="for the 'kit' source only"):
+        prepare("clive", src, tmp_path / "out", mos_scale=100, progress=False)
+    assert main(["kit", str(src), str(tmp_path / "out"), "--holdout", "0.5", "--mos-scale", "100", "--quiet"]) == 0
+    meta = _meta(tmp_path / "out")
+    assert meta["mos_scale"] == 100 and meta["counts"] == {"source_images": 6, "dropped": 0, "images": 6,
+                                                          "train": 3, "test": 3}
+    assert "--mos-scale 100" in meta["command"]
+    load_table(tmp_path / "out", "test.csv", labelled=False, mos_scale=100, progress=False)
+
+
+@pytest.mark.skipif(not (CLIVE_DEV / "train.csv").exists(), reason="CLIVE dev data not present")
+def test_clive_dev_resplits_into_train_and_holdout(tmp_path):
+    out = prepare("kit", CLIVE_DEV, tmp_path / "clive", holdout=0.2, mode="link", mos_scale=100, progress=False)
+    assert _meta(out)["counts"]["train"] == 502 and _meta(out)["counts"]["test"] == 125
+    assert (out / "LICENSE-LIVE.txt").is_file()
