@@ -84,10 +84,13 @@ def main(argv=None) -> int:
                           "mos": labels.set_index("img_name")["mos"]}, axis=1, join="inner")
         fig = plots.plot_pred_vs_true(best.reset_index(), title=f"{args.name} holdout: {len(table.columns)}-run ensemble")
         fig.savefig(FIGURES / f"real_{args.name}_holdout.png", dpi=100, bbox_inches="tight")
-        first = runs[len(runs) // 2]
-        fig = plots.plot_learning_curves(out_dir / "runs" / first / "metrics.csv",
-                                         best_epoch=result["runs"].get(first, {}).get("best_epoch"))
-        fig.savefig(FIGURES / f"real_{args.name}_curves_{first}.png", dpi=100, bbox_inches="tight")
+        per_run = oof[oof["level"] == "run"].sort_values("score")
+        typical = per_run["name"].iloc[len(per_run) // 2]  # the run with the median out-of-fold score
+        fig = plots.plot_learning_curves(out_dir / "runs" / typical / "metrics.csv",
+                                         best_epoch=result["runs"].get(typical, {}).get("best_epoch"),
+                                         title=f"{args.name}: {typical} (median out-of-fold score)")
+        fig.savefig(FIGURES / f"real_{args.name}_curves.png", dpi=100, bbox_inches="tight")
+        result["figures"] = [f"docs/figures/real_{args.name}_holdout.png", f"docs/figures/real_{args.name}_curves.png"]
     else:
         print(f"\nno holdout scores: {labels_path} or {out_dir / 'preds'} missing")
 
