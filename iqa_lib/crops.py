@@ -13,6 +13,12 @@ import numpy as np
 import torch
 
 
+def whole_image_view(img_size: int) -> dict:
+    """The input view of a model shown whole images (the team's recipe, and checkpoints that
+    predate crops): stored at the model's input side, one crop = the image."""
+    return {"load_size": int(img_size), "crop_grid": 1}
+
+
 def random_crops(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """One random `size` x `size` crop per image of a (B, L, L, C) batch, on its device.
 

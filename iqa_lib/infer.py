@@ -6,6 +6,7 @@ import pandas as pd
 
 from . import data as D
 from .checkpoint import CheckpointError, atomic_write_text, load_model_checkpoint
+from .crops import whole_image_view
 from .model import MANIQA, MANIQAConfig
 from .train import autocast_dtype, pick_device, predict_indices
 
@@ -48,7 +49,7 @@ def predict(
     table = D.load_table(data_dir, csv_name, labelled=False, check_images="open")
     table = table.drop_duplicates("img_name").reset_index(drop=True)
     # Checkpoints trained on crops say how they saw images; older ones saw them whole.
-    view = ckpt.get("input") or {"load_size": model.cfg.img_size, "crop_grid": 1}
+    view = ckpt.get("input") or whole_image_view(model.cfg.img_size)
     store = D.ImageStore.open(table["path"].tolist(), int(view["load_size"]), cache_dir=cache_dir,
                               num_workers=num_workers, progress=progress)
     preds = predict_indices(model, D.IQADataset(store), np.arange(len(table)), dev, autocast_dtype(precision, dev),

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import data as D
 from .checkpoint import (KIT_FORMAT, atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temp_files,
                          safe_torch_load)
-from .crops import grid_crops, random_crops
+from .crops import grid_crops, random_crops, whole_image_view
 from .folds import folds_for_table, write_folds
 from .metrics import all_metrics
 from .model import MANIQA, MANIQAConfig
@@ -293,7 +293,7 @@ def _train_process(params: dict, rank: int, world: int, progress: bool, fresh: b
     # fresh (force=True): start over; the old files stay until the new run replaces each of them.
     state = safe_torch_load(last_path, "resume state") if last_path.is_file() and not fresh else None
     if state is not None and (state.get("model_config") != mcfg.to_dict()
-                              or state.get("input", {"load_size": mcfg.img_size, "crop_grid": 1}) != view):
+                              or state.get("input", whole_image_view(mcfg.img_size)) != view):
         raise RuntimeError(
             f"{last_path} was written by a run with another model configuration. Delete "
             f"{run_dir} to start this run afresh, or rerun with the parameters it was started with."
