@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install test demo clive reproduce clean-outputs
+.PHONY: install test demo clive reproduce gpu-check gpu-deps clean-outputs
 
 install:
 	$(PIP) install --quiet --disable-pip-version-check -e ".[dev]"
@@ -16,11 +16,20 @@ demo: install
 # The cpu profile on real human scores: CLIVE re-split 80/20, 15 runs, holdout scored (README).
 CLIVE_SRC ?= ../shared/data/clive_dev
 clive: install
-	test -f data/clive/dataset.json || $(PYTHON) -m iqa_lib.prepare kit $(CLIVE_SRC) data/clive --holdout 0.2 --mos-scale 100 --link
+	test -f data/clive/dataset.json || $(PYTHON) -m iqa_lib.datasets.prepare kit $(CLIVE_SRC) data/clive --holdout 0.2 --mos-scale 100 --link
 	$(PYTHON) -m iqa_lib.run_all --profile cpu
 
 reproduce: install
 	$(PYTHON) -m iqa_lib.run_all
+
+# Everything GPU-only in one call (~7 min on an H100/H200): no install step, random weights (README, Speed).
+gpu-check:
+	PYTHONPATH=.:.gpu_deps $(PYTHON) benchmarks/gpu_check.py
+
+# The kit's own pure-Python dependencies that a bare GPU machine may lack (pydantic, filelock), in a
+# folder to copy there beside the tree: then gpu-check's kit sections (resume, fit, predict) run too.
+gpu-deps:
+	$(PIP) install --quiet --disable-pip-version-check --target .gpu_deps "pydantic>=2.6" "filelock>=3.12"
 
 clean-outputs:
 	rm -rf outputs/runs outputs/preds outputs/notebooks outputs/eda outputs/folds.csv outputs/submission.csv

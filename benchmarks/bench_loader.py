@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common import save, table
+from common import measure_loader, save, table
 from iqa_lib import data as D
 
 CLIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "clive_dev"
@@ -36,8 +36,8 @@ def make_jpegs(folder: Path, n: int) -> list[str]:
 
 def epoch_rate(store, workers: int, batch: int) -> float:
     loader = D.make_loader(D.IQADataset(store), batch, shuffle=True, num_workers=workers)
-    D.measure_loader(loader, max_batches=2)  # start the workers (persistent) before timing
-    return D.measure_loader(loader)["images_per_s"]
+    measure_loader(loader, max_batches=2)  # start the workers (persistent) before timing
+    return measure_loader(loader)["images_per_s"]
 
 
 def bench(name, paths, size, workers_list, batch, cache_root):

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common import peak_bf16_tflops, save, table, timeit
 from iqa_lib.model import MANIQA, variant_config
-from iqa_lib.params import load_params
+from iqa_lib.config import load_config
 from iqa_lib.runinfo import device_name
 
 
@@ -88,7 +88,7 @@ def main():
     res_list = args.res or ([384, 448, 640] if device.type == "cuda" else [384])
     rows = []
     for res in res_list:
-        batch = args.batch or (load_params(res, 0)["train"]["batch_size"] if device.type == "cuda" else 2)
+        batch = args.batch or (load_config("team", res).train.batch_size if device.type == "cuda" else 2)
         rows += bench_res(res, batch, device, args.compile, args.repeat if device.type == "cuda" else min(args.repeat, 3))
         print(table(rows[-2:], ["res", "batch", "path", "step_s", "images_per_s", "tflops_per_s", "mfu_bf16",
                                 "peak_mem_gib", "speedup_vs_reference"]), flush=True)

@@ -67,3 +67,24 @@ def table(rows: list[dict], columns: list[str]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+def measure_loader(loader, max_batches: int | None = None) -> dict:
+    """Iterate a data loader and time it (worker start-up included; `first_batch_s` shows it).
+
+    Returns images, batches, seconds, images_per_s and first_batch_s.
+    """
+    images = batches = 0
+    first = float("nan")
+    t0 = time.perf_counter()
+    for batch in loader:
+        head = batch[0] if isinstance(batch, (tuple, list)) else batch
+        images += len(head)
+        batches += 1
+        if batches == 1:
+            first = time.perf_counter() - t0
+        if max_batches is not None and batches >= max_batches:
+            break
+    seconds = time.perf_counter() - t0
+    return {"images": images, "batches": batches, "seconds": seconds,
+            "images_per_s": images / seconds if seconds > 0 else float("inf"), "first_batch_s": first}

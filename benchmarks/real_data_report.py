@@ -3,7 +3,7 @@
     python benchmarks/real_data_report.py --profile cpu --name clive [--grid-seconds S]
 
 Reads `{out_dir}/runs/*/` (oof.csv, manifest.json), `{out_dir}/preds/*.csv` and
-`{data_dir}/test_labels.csv` (a holdout made by `iqa_lib.prepare ... --holdout`), and writes
+`{data_dir}/test_labels.csv` (a holdout made by `iqa_lib.datasets.prepare ... --holdout`), and writes
 `benchmarks/results/real_{name}_{device}.json` plus two figures under `docs/figures/`:
 out-of-fold PLCC / SRCC / challenge score per run, per resolution and for the ensemble across
 resolutions; holdout scores per run and for the 15-run ensembles; training times.
@@ -21,15 +21,15 @@ import pandas as pd  # noqa: E402
 
 from common import RESULTS, machine  # noqa: E402  (puts the repository on sys.path)
 from iqa_lib import plots  # noqa: E402
-from iqa_lib.ensemble import ensemble, load_predictions  # noqa: E402
-from iqa_lib.notebook import label_scores, oof_scores, run_params  # noqa: E402
+from iqa_lib.ensemble import ensemble, label_scores, load_predictions, oof_scores  # noqa: E402
+from iqa_lib.notebook import run_config  # noqa: E402
 
 FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
 
 
-def run_times(out_dir: Path) -> dict:
+def run_times(runs_dir: Path) -> dict:
     times = {}
-    for manifest in sorted((out_dir / "runs").glob("*/manifest.json")):
+    for manifest in sorted(runs_dir.glob("*/manifest.json")):
         m = json.loads(manifest.read_text())
         curve = pd.read_csv(manifest.parent / "metrics.csv")
         times[manifest.parent.name] = {
@@ -51,20 +51,20 @@ def main(argv=None) -> int:
     ap.add_argument("--command", default=None, help="the command that ran the grid, recorded as given")
     args = ap.parse_args(argv)
 
-    params = run_params(args.profile, data_dir=args.data_dir, out_dir=args.out_dir)
-    out_dir, data_dir = Path(params["out_dir"]), Path(params["data_dir"])
-    runs = sorted(p.parent.name for p in (out_dir / "runs").glob("*/oof.csv"))
+    cfg = run_config(args.profile, data_dir=args.data_dir, out_dir=args.out_dir)
+    out, data_dir = cfg.outputs, Path(cfg.data_dir)
+    runs = sorted(p.parent.name for p in out.runs.glob("*/oof.csv"))
     if not runs:
-        print(f"no finished runs under {out_dir / 'runs'}: run the grid first", file=sys.stderr)
+        print(f"no finished runs under {out.runs}: run the grid first", file=sys.stderr)
         return 2
-    oof = oof_scores(out_dir, runs)
-    result = {"profile": args.profile, "data_dir": str(data_dir), "out_dir": str(out_dir),
-              "mos_scale": params["mos_scale"], "grid_seconds": args.grid_seconds, "command": args.command,
-              "out_of_fold": oof.to_dict(orient="records"), "runs": run_times(out_dir)}
+    oof = oof_scores(out, runs)
+    result = {"profile": args.profile, "data_dir": str(data_dir), "out_dir": str(out.root),
+              "mos_scale": cfg.mos_scale, "grid_seconds": args.grid_seconds, "command": args.command,
+              "out_of_fold": oof.to_dict(orient="records"), "runs": run_times(out.runs)}
     print("out of fold:\n" + oof.to_string(index=False))
 
     labels_path = data_dir / "test_labels.csv"
-    pred_files = sorted((out_dir / "preds").glob("*.csv"))
+    pred_files = sorted(out.preds.glob("*.csv"))
     if labels_path.is_file() and pred_files:
         labels = pd.read_csv(labels_path, dtype={"img_name": str})
         table = load_predictions({p.stem: p for p in pred_files})
@@ -86,13 +86,13 @@ def main(argv=None) -> int:
         fig.savefig(FIGURES / f"real_{args.name}_holdout.png", dpi=100, bbox_inches="tight")
         per_run = oof[oof["level"] == "run"].sort_values("score")
         typical = per_run["name"].iloc[len(per_run) // 2]  # the run with the median out-of-fold score
-        fig = plots.plot_learning_curves(out_dir / "runs" / typical / "metrics.csv",
+        fig = plots.plot_learning_curves(out.runs / typical / "metrics.csv",
                                          best_epoch=result["runs"].get(typical, {}).get("best_epoch"),
                                          title=f"{args.name}: {typical} (median out-of-fold score)")
         fig.savefig(FIGURES / f"real_{args.name}_curves.png", dpi=100, bbox_inches="tight")
         result["figures"] = [f"docs/figures/real_{args.name}_holdout.png", f"docs/figures/real_{args.name}_curves.png"]
     else:
-        print(f"\nno holdout scores: {labels_path} or {out_dir / 'preds'} missing")
+        print(f"\nno holdout scores: {labels_path} or {out.preds} missing")
 
     info = machine()
     slug = "cpu" if info["device_type"] == "cpu" else info["device"].lower().replace(" ", "-")

@@ -49,22 +49,21 @@ import random
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+from filelock import FileLock
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write_text
+from .config import CHECK_MODES, FLIPS
 
 MAX_LISTED = 20  # problems listed per kind in a DataError; the rest are counted
-CHECK_MODES = ("none", "open", "decode")
 BACKENDS = ("pil", "cv2")
-FLIPS = ("vertical", "horizontal", "none")
 CACHE_FORMAT = 1  # bump when the cache's bytes or index change meaning
 _MP_CONTEXT: str | None = None  # multiprocessing start method for cache builds; None = platform default
 
@@ -557,7 +556,7 @@ class ImageStore:
         (only those). Adding or removing images changes the key, so a new cache is built;
         delete old `{key}_{size}` folders to reclaim disk. `num_workers` processes decode
         the build (0: in this process). Concurrent opens of one cache (DDP ranks) wait for
-        each other on a lock file (POSIX only).
+        each other on a lock file.
         """
         _check_size(size)
         _check_backend(backend)
@@ -652,7 +651,7 @@ def _build_cache(folder: Path, paths: list[str], size: int, backend: str, num_wo
     images_file, flag = folder / "images.u8", folder / "complete"
     shape = (len(paths), size, size, 3)
     meta = {"format": CACHE_FORMAT, "size": size, "backend": backend}
-    with _file_lock(folder / "lock"):
+    with FileLock(folder / "lock"):  # DDP ranks opening one cache wait for the first to build it
         index = _read_index(folder, paths, shape, meta)
         if index is None:
             # A fresh file, renamed into place when done: a process still reading an old
@@ -778,22 +777,6 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive lock on `path` (POSIX flock); a no-op where fcntl does not exist."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 # --------------------------------------------------------------------------------------------
 # torch: dataset, loader, model input
 # --------------------------------------------------------------------------------------------
@@ -854,8 +837,8 @@ def make_loader(
 
     Batches are `collate`d: (images uint8 (B, S, S, 3), targets float32 (B,), indices (B,)).
     `batch_size=None` means `sampler` yields whole batches (lists of indices) and is used
-    as the DataLoader's batch sampler. Workers persist across epochs of this loader;
-    `pin_memory` defaults to whether CUDA is available.
+    as the DataLoader's batch sampler. Workers live as long as this loader (the trainer makes
+    one per epoch, so they start once per epoch); `pin_memory` defaults to whether CUDA is available.
     """
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
@@ -914,24 +897,3 @@ def to_model_input(
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = x.permute(0, 3, 1, 2).contiguous(memory_format=fmt)
     return x.float().div_(255.0).sub_(0.5).div_(0.5)
-
-
-def measure_loader(loader: Iterable, max_batches: int | None = None) -> dict[str, float]:
-    """Iterate `loader` and time it (worker start-up included; `first_batch_s` shows it).
-
-    Returns images, batches, seconds, images_per_s and first_batch_s.
-    """
-    images = batches = 0
-    first = float("nan")
-    t0 = time.perf_counter()
-    for batch in loader:
-        head = batch[0] if isinstance(batch, (tuple, list)) else batch
-        images += len(head)
-        batches += 1
-        if batches == 1:
-            first = time.perf_counter() - t0
-        if max_batches is not None and batches >= max_batches:
-            break
-    seconds = time.perf_counter() - t0
-    return {"images": images, "batches": batches, "seconds": seconds,
-            "images_per_s": images / seconds if seconds > 0 else float("inf"), "first_batch_s": first}

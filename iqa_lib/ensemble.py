@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from .checkpoint import atomic_write_text
+from .config import Outputs
+from .metrics import all_metrics
 
 PathLike = str | os.PathLike
 SUBMISSION_COLUMNS = ["img_name", "mos", "comments"]
@@ -268,3 +270,50 @@ def validate_submission(
                 problems.append(f"{len(bad)} missing or non-finite mos value(s), for: {_first(bad)}")
     if problems:
         raise ValueError("invalid submission:\n- " + "\n- ".join(problems))
+
+
+# --------------------------------------------------------------------------------------------
+# scoring runs and ensembles
+# --------------------------------------------------------------------------------------------
+def _scores(pred: Any, truth: Any) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in all_metrics(np.asarray(pred, float), np.asarray(truth, float)).items()}
+
+
+def oof_scores(outputs: Outputs, run_names: Sequence[str]) -> pd.DataFrame:
+    """Out-of-fold PLCC / SRCC / challenge score of each run, each resolution (its folds'
+    oof.csv together) and the ensemble across resolutions (mean and IQR-filtered mean of the
+    resolutions' predictions, on the images every resolution predicted)."""
+    rows, by_res = [], {}
+    for name in run_names:
+        path = outputs.run(*map(int, name.split("_fold"))).oof
+        if not path.is_file():
+            continue
+        oof = pd.read_csv(path, dtype={"img_name": str})
+        rows.append({"level": "run", "name": name, "runs": 1, "images": len(oof), **_scores(oof["pred"], oof["mos"])})
+        by_res.setdefault(int(name.split("_fold")[0]), []).append(oof)
+    per_res = {}
+    for res, parts in sorted(by_res.items()):
+        oof = pd.concat(parts).drop_duplicates("img_name", keep="last")
+        per_res[res] = oof.set_index("img_name")
+        rows.append({"level": "resolution", "name": str(res), "runs": len(parts), "images": len(oof),
+                     **_scores(oof["pred"], oof["mos"])})
+    if per_res:
+        table = pd.concat({res: df["pred"] for res, df in per_res.items()}, axis=1, join="inner")
+        if len(table):
+            mos = next(iter(per_res.values()))["mos"].reindex(table.index)
+            for label, fn in (("mean", plain_mean), ("iqr", iqr_mean)):
+                rows.append({"level": "ensemble", "name": f"{label} over {len(per_res)} resolution(s)",
+                             "runs": sum(len(p) for p in by_res.values()), "images": len(table),
+                             **_scores(fn(table), mos)})
+    return pd.DataFrame(rows)
+
+
+def label_scores(columns: Mapping[str, pd.Series], labels: pd.DataFrame) -> pd.DataFrame:
+    """Scores of test predictions ({name: Series indexed by img_name}) against true MOS
+    (`labels`: img_name, mos), e.g. a holdout's test_labels.csv."""
+    truth = labels.drop_duplicates("img_name").set_index("img_name")["mos"]
+    rows = []
+    for name, pred in columns.items():
+        both = pd.concat({"pred": pred, "mos": truth}, axis=1, join="inner").dropna()
+        rows.append({"name": name, "images": len(both), **_scores(both["pred"], both["mos"])})
+    return pd.DataFrame(rows).set_index("name")

@@ -168,7 +168,7 @@ def fold_split(folds_df: pd.DataFrame, k: int) -> tuple[pd.DataFrame, pd.DataFra
 
 def folds_for_table(df: pd.DataFrame, n_folds: int = 5) -> pd.DataFrame:
     """The kit's default: group-aware when the table has a `group` column (KADID's reference
-    images, written by `iqa_lib.prepare`), else exactly the team's folds (SPEC §2)."""
+    images, written by `iqa_lib.datasets.prepare`), else exactly the team's folds (SPEC §2)."""
     return make_folds(df, n_folds=n_folds, group_col="group" if "group" in df.columns else None)
 
 

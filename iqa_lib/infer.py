@@ -1,14 +1,101 @@
-"""Predict a test set with one checkpoint: `predict(ckpt, data_dir) -> (img_name, mos)` table."""
+"""Predictions: the one function that scores images with a model (validation and test alike),
+and `predict(checkpoint, data_dir)` for a test set.
+
+    predict_indices(model, dataset, indices, ...)   scores on the 0-1 target scale, in order;
+                                                    crops grid and flip TTA averaged; DDP shares
+    load_model(checkpoint)                           the MANIQA a kit checkpoint holds
+    predict(checkpoint, data_dir, "test.csv")        img_name, mos: on the checkpoint's MOS scale
+
+Training (`iqa_lib.train`) validates with `predict_indices`; nothing here imports the trainer.
+"""
+from __future__ import annotations
+
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+import torch.distributed as dist
 
 from . import data as D
 from .checkpoint import CheckpointError, atomic_write_text, load_model_checkpoint
-from .crops import whole_image_view
+from .config import PRECISIONS, Config, ConfigError
+from .crops import grid_crops, whole_image_view
 from .model import MANIQA, MANIQAConfig
-from .train import autocast_dtype, pick_device, predict_indices
+
+# The model section's keys that are MANIQAConfig fields (the others say how to build or feed it).
+MODEL_KEYS = ("img_size", "backbone", "head_hidden", "head_dropout", "drop_rate", "drop_path_rate", "vit_kwargs",
+              "patch_size", "embed_dim")
+
+
+def model_config(cfg: Config) -> MANIQAConfig:
+    """The checked MANIQAConfig a run's parameters describe."""
+    mcfg = MANIQAConfig(**{k: getattr(cfg.model, k) for k in MODEL_KEYS})
+    try:
+        mcfg.validate()
+    except ValueError as e:
+        raise ConfigError(f"the model parameters (profile {cfg.profile!r}, res {cfg.res}) do not make a valid "
+                          f"MANIQA: {e}") from e
+    return mcfg
+
+
+def input_view(cfg: Config) -> dict:
+    """How images reach the model (iqa_lib.crops): the stored side and the test-time crop grid."""
+    return {"load_size": cfg.model.load_size, "crop_grid": cfg.model.crop_grid}
+
+
+def pick_device(name: str = "auto", rank: int = 0) -> torch.device:
+    """`auto`: a CUDA GPU when one is visible, else the CPU; with DDP, GPU `rank`."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device is 'cuda' but no CUDA GPU is visible: use 'auto' or 'cpu'.")
+        return torch.device("cuda", rank % torch.cuda.device_count())
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """None means plain fp32. bf16/fp16 autocast only on CUDA: on CPUs it is usually slower."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+@torch.no_grad()
+def predict_indices(model, dataset, indices, device, amp_dtype, batch_size=32, num_workers=0, rank=0, world=1,
+                    tta: bool = False, crop: int | None = None, crop_grid: int = 1) -> np.ndarray:
+    """Model outputs (on the 0-1 target scale) for dataset[indices], in that order.
+
+    Images larger than the model's input `crop` are scored as the mean over a `crop_grid` x
+    `crop_grid` grid of crops; `tta` adds each view's two flips to the mean. With several
+    ranks each predicts a strided share and the shares are gathered.
+    """
+    was_training = model.training
+    model.eval()
+    share = np.asarray(indices)[rank::world]
+    loader = D.make_loader(torch.utils.data.Subset(dataset, share.tolist()), batch_size=batch_size, shuffle=False,
+                           num_workers=num_workers)
+    out = []
+    for images, _, _ in loader:
+        x = D.to_model_input(images, train=False, device=device)
+        places = grid_crops(x, crop, crop_grid) if crop and crop < x.shape[-1] else [x]
+        views = [v for c in places for v in ((c, c.flip(-2), c.flip(-1)) if tta else (c,))]
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            p = torch.stack([model(v).float() for v in views]).mean(0)
+        out.append(p.cpu())
+    mine = torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+    model.train(was_training)
+    if world == 1:
+        return mine
+    parts = [None] * world
+    dist.all_gather_object(parts, mine)
+    full = np.empty(len(indices))
+    for r, p in enumerate(parts):
+        full[r::world] = p
+    return full
 
 
 def load_model(checkpoint: str | Path, expect: MANIQAConfig | None = None) -> tuple[MANIQA, dict]:
@@ -40,7 +127,7 @@ def predict(
 
     `tta=True` averages the image with its vertical and horizontal flips. A checkpoint trained
     on crops (`model.load_size`) is scored over its grid of crops (iqa_lib.crops). `expect` (the
-    config the caller means to use) makes a checkpoint of another variant fail clearly.
+    config the caller means to use) makes a checkpoint of another model fail clearly.
     """
     model, ckpt = load_model(checkpoint, expect)
     dev = pick_device(device)
@@ -63,4 +150,3 @@ def write_predictions(df: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     atomic_write_text(path, df[["img_name", "mos"]].to_csv(index=False))
     return path
-

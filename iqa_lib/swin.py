@@ -6,22 +6,19 @@ the same numbers up to float rounding.
 """
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
 
 def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B * H/ws * W/ws, ws*ws, C)."""
-    B, H, W, C = x.shape
-    x = x.view(B, H // ws, ws, W // ws, ws, C).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, ws * ws, C)
+    """(B, H, W, C) -> (B * H/ws * W/ws, ws*ws, C): windows in row-major order, tokens within them too."""
+    return rearrange(x, "b (h p) (w q) c -> (b h w) (p q) c", p=ws, q=ws)
 
 
 def window_reverse(windows: torch.Tensor, ws: int, H: int, W: int) -> torch.Tensor:
     """Inverse of window_partition: (B * nW, ws*ws, C) -> (B, H, W, C)."""
-    C = windows.shape[-1]
-    x = windows.view(-1, H // ws, W // ws, ws, ws, C).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, H, W, C)
+    return rearrange(windows, "(b h w) (p q) c -> b (h p) (w q) c", h=H // ws, w=W // ws, p=ws, q=ws)
 
 
 def shifted_window_mask(H: int, W: int, ws: int, shift: int) -> torch.Tensor:

@@ -1,6 +1,7 @@
-"""One training run: `fit(params)` trains one (resolution, fold) with the team's recipe (SPEC §4).
+"""One training run: `fit(cfg)` trains one (resolution, fold) with the team's recipe (SPEC §4).
 
-Writes under `{out_dir}/runs/{res}_fold{k}/`:
+`cfg` comes from `iqa_lib.config.load_config(profile, res, fold, ...)`. Writes under
+`{out_dir}/runs/{res}_fold{k}/` (the names are `cfg.run`'s, iqa_lib.config.RunFiles):
   {res}_fold{k}.ckpt   best weights (a kit checkpoint, see checkpoint.py)
   last.pt              everything needed to resume: model, optimiser, scheduler, scaler,
                        epoch, step, position in the epoch, RNG states, history, config
@@ -28,12 +29,12 @@ from tqdm.auto import tqdm
 from . import data as D
 from .checkpoint import (KIT_FORMAT, atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temp_files,
                          safe_torch_load)
-from .crops import grid_crops, random_crops, whole_image_view
+from .config import Config, RunFiles, flatten
+from .crops import random_crops, whole_image_view
 from .folds import folds_for_table, write_folds
+from .infer import autocast_dtype, input_view, model_config, pick_device, predict_indices
 from .metrics import all_metrics
 from .model import MANIQA, MANIQAConfig
-from .params import model_config
-from .params import run_dir as run_folder
 from .runinfo import environment_info, now_iso
 from .schedule import CosineAnnealingWarmupRestarts
 
@@ -54,35 +55,12 @@ class RunResult:
 
     @property
     def checkpoint(self) -> Path:
-        return self.run_dir / f"{self.run_dir.name}.ckpt"
+        return RunFiles(self.run_dir.parent, self.run_dir.name).checkpoint
 
 
 # --------------------------------------------------------------------------------------------
-# configuration helpers
+# helpers
 # --------------------------------------------------------------------------------------------
-def run_dir_of(params: dict) -> Path:
-    return run_folder(params["out_dir"], params["res"], params["fold"])
-
-
-def pick_device(name: str = "auto", rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device is 'cuda' but no CUDA GPU is visible: use 'auto' or 'cpu'.")
-        return torch.device("cuda", rank % torch.cuda.device_count())
-    return torch.device(name)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None means plain fp32. bf16/fp16 autocast only on CUDA: on CPUs it is usually slower."""
-    if precision not in ("bf16", "fp16", "fp32"):
-        raise ValueError(f"train.precision must be 'bf16', 'fp16' or 'fp32', got {precision!r}")
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
 def seed_everything(seed: int) -> None:
     import random
 
@@ -100,12 +78,6 @@ def set_deterministic(on: bool) -> None:
     torch.backends.cudnn.benchmark = not on
 
 
-def schedule_args(sp: dict) -> dict:
-    """The `schedule:` params as CosineAnnealingWarmupRestarts arguments, with their types."""
-    ints = ("first_cycle_steps", "warmup_steps")
-    return {k: int(v) if k in ints else float(v) for k, v in sp.items()}
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     # A fresh, reproducible stream per epoch: resuming at an epoch needs no saved RNG.
     return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
@@ -114,35 +86,33 @@ def epoch_seed(seed: int, epoch: int) -> int:
 # --------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------
-def load_folds(params: dict) -> pd.DataFrame:
+def load_folds(cfg: Config) -> pd.DataFrame:
     """One row per training image with its `fold` and absolute `path`.
 
-    Uses `{out_dir}/folds.csv` (written by 02_folds) when it matches the data, else builds
-    the folds of SPEC §2 and writes that file, so every run of a grid shares one split.
+    The split is `{out_dir}/folds.csv` (written by 02_folds, or here when it is missing), so
+    every run of a grid shares one. It must still describe `train.csv`: the same images with
+    the same MOS and `n_folds` folds (a CSV read, no image opened); else this run refuses.
     """
-    table = D.load_table(
-        params["data_dir"], "train.csv", labelled=True, mos_scale=float(params["mos_scale"]),
-        check_images=params["train"].get("check_images", "open"),
-    )
-    folds = folds_for_table(table, n_folds=int(params["n_folds"]))
-    folds_csv = Path(params["out_dir"]) / "folds.csv"
-    if folds_csv.is_file():
-        saved = pd.read_csv(folds_csv, dtype={"img_name": str})
-        n_folds = int(params["n_folds"])
-        mismatch = (
-            not {"fold", "mos"} <= set(saved) or set(saved["img_name"]) != set(folds["img_name"])
-            or sorted(saved["fold"].unique()) != list(range(n_folds))
-            or not np.allclose(saved.set_index("img_name")["mos"].loc[folds["img_name"]], folds["mos"])
+    folds_csv = cfg.outputs.folds
+    check = cfg.train.check_images if not folds_csv.is_file() else "none"
+    table = D.load_table(cfg.data_dir, "train.csv", labelled=True, mos_scale=cfg.mos_scale, check_images=check,
+                         progress=False)
+    images = table.drop_duplicates("img_name")
+    if not folds_csv.is_file():
+        folds = folds_for_table(table, n_folds=cfg.n_folds)
+        write_folds(folds, cfg.out_dir)
+        return folds.reset_index(drop=True)
+    saved = pd.read_csv(folds_csv, dtype={"img_name": str})
+    same = ({"img_name", "fold", "mos"} <= set(saved) and len(saved) == len(images)
+            and set(saved["img_name"]) == set(images["img_name"])
+            and sorted(saved["fold"].unique()) == list(range(cfg.n_folds))
+            and np.allclose(saved.set_index("img_name")["mos"].loc[images["img_name"]], images["mos"]))
+    if not same:
+        raise ValueError(
+            f"{folds_csv} does not match {cfg.data_dir}/train.csv with n_folds={cfg.n_folds} (other images, MOS or "
+            f"number of folds): rerun notebooks/02_folds.ipynb (or delete {folds_csv}) to rebuild the folds."
         )
-        if mismatch:
-            raise ValueError(
-                f"{folds_csv} does not match {params['data_dir']}/train.csv with n_folds={n_folds} (other images, "
-                f"MOS or number of folds): rerun notebooks/02_folds.ipynb (or delete {folds_csv}) to rebuild the folds."
-            )
-        folds = folds.drop(columns="fold").merge(saved[["img_name", "fold"]], on="img_name", how="left")
-    else:
-        write_folds(folds, params["out_dir"])
-    return folds.reset_index(drop=True)
+    return saved.drop(columns=["path"], errors="ignore").merge(images[["img_name", "path"]], on="img_name")
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -174,30 +144,30 @@ class EpochBatches(torch.utils.data.Sampler):
 # --------------------------------------------------------------------------------------------
 # the run
 # --------------------------------------------------------------------------------------------
-def fit(params: dict, *, progress: bool = True, force: bool = False) -> RunResult:
+def fit(cfg: Config, *, progress: bool = True, force: bool = False) -> RunResult:
     """Train one run; resume it if interrupted; return at once if it already completed.
 
     `force=True` trains from scratch even if the run completed or has a resume state.
 
-    `params` is a merged parameter dict (see `iqa_lib.params.load_params`). With
-    `train.devices` > 1 it spawns one process per device (DistributedDataParallel, NCCL on
-    GPUs, gloo on CPUs) from Python, so it also works inside a notebook run by papermill.
+    `cfg` is a run's parameters (`iqa_lib.config.load_config`). With `train.devices` > 1 it
+    spawns one process per device (DistributedDataParallel, NCCL on GPUs, gloo on CPUs) from
+    Python, so it also works inside a notebook run by papermill.
     """
-    run_dir = run_dir_of(params)
+    run_dir = cfg.run.dir
     if not force:
         done = completed_result(run_dir)
         if done is not None:
-            _check_same_recipe(run_dir, params)
+            _check_same_recipe(run_dir, cfg)
             print(f"{run_dir.name}: already completed (best epoch {done.best_epoch}); pass force=True to retrain.")
             return done
-    world = int(params["train"].get("devices", 1))
+    world = cfg.train.devices
     if world > 1:
         port = _free_port()
         torch.multiprocessing.start_processes(
-            _ddp_worker, args=(world, params, port, progress, force), nprocs=world, start_method="spawn"
+            _ddp_worker, args=(world, cfg, port, progress, force), nprocs=world, start_method="spawn"
         )
     else:
-        _train_process(params, rank=0, world=1, progress=progress, fresh=force)
+        _train_process(cfg, rank=0, world=1, progress=progress, fresh=force)
     return read_result(run_dir)
 
 
@@ -207,19 +177,12 @@ _RUNTIME_KEYS = ("data_dir", "out_dir", "profile", "model.weights_file", "train.
                  "train.save_every_steps", "infer.")
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "vit_kwargs" else {f"{prefix}{k}": v})
-    return out
-
-
-def _check_same_recipe(run_dir: Path, params: dict) -> None:
+def _check_same_recipe(run_dir: Path, cfg: Config) -> None:
     """A completed run asked for again with other parameters: fail if it is another model, else warn."""
-    old = (_read_json(run_dir / "manifest.json") or {}).get("config")
+    old = (_read_json(RunFiles(run_dir.parent, run_dir.name).manifest) or {}).get("config")
     if not old:
         return
-    before, now = _flatten(old), _flatten(_json_round_trip(params))
+    before, now = flatten(old), flatten(cfg.to_dict())
     changed = sorted(k for k in before.keys() | now.keys()
                      if before.get(k) != now.get(k) and not k.startswith(_RUNTIME_KEYS))
     if not changed:
@@ -234,62 +197,54 @@ def _check_same_recipe(run_dir: Path, params: dict) -> None:
           f"Pass force=True to retrain with the new ones.")
 
 
-def _json_round_trip(obj):
-    """What `obj` reads back as after a JSON round trip (tuples become lists)."""
-    import json
-
-    return json.loads(json.dumps(obj, default=str))
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world: int, params: dict, port: int, progress: bool, fresh: bool) -> None:
+def _ddp_worker(rank: int, world: int, cfg: Config, port: int, progress: bool, fresh: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    device = pick_device(params["train"].get("device", "auto"), rank)
+    device = pick_device(cfg.train.device, rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cpu":  # share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group(backend, rank=rank, world_size=world)
     try:
-        _train_process(params, rank=rank, world=world, progress=progress and rank == 0, fresh=fresh)
+        _train_process(cfg, rank=rank, world=world, progress=progress and rank == 0, fresh=fresh)
     finally:
         dist.destroy_process_group()
 
 
-def _train_process(params: dict, rank: int, world: int, progress: bool, fresh: bool = False) -> None:
-    tp = params["train"]
-    run_dir = run_dir_of(params)
-    name = run_dir.name
+def _train_process(cfg: Config, rank: int, world: int, progress: bool, fresh: bool = False) -> None:
+    tp = cfg.train
+    files = cfg.run
+    run_dir, name = files.dir, files.name
     is_main = rank == 0
-    device = pick_device(tp.get("device", "auto"), rank)
-    amp_dtype = autocast_dtype(tp.get("precision", "bf16"), device)
-    set_deterministic(bool(tp.get("deterministic", False)))
-    seed = int(params["seed"])
+    device = pick_device(tp.device, rank)
+    amp_dtype = autocast_dtype(tp.precision, device)
+    set_deterministic(tp.deterministic)
+    seed = cfg.seed
     seed_everything(seed + rank)
 
     # -- data ------------------------------------------------------------------------------
-    mos_scale = float(params["mos_scale"])
-    folds = load_folds(params)
-    mcfg = model_config(params)
-    view = input_view(params)
+    mos_scale = cfg.mos_scale
+    folds = load_folds(cfg)
+    mcfg = model_config(cfg)
+    view = input_view(cfg)
     store = D.ImageStore.open(
         folds["path"].tolist(), view["load_size"],
-        cache_dir=(Path(params["out_dir"]) / "cache") if tp.get("cache", True) else None,
-        num_workers=int(tp.get("num_workers", 0)), progress=progress,
+        cache_dir=cfg.outputs.cache if tp.cache else None, num_workers=tp.num_workers, progress=progress,
     )
     dataset = D.IQADataset(store, folds["mos"].to_numpy(np.float32))
-    k = int(params["fold"])
+    k = cfg.fold
     train_idx = np.flatnonzero(folds["fold"].to_numpy() != k)
     val_idx = np.flatnonzero(folds["fold"].to_numpy() == k)
     if len(val_idx) == 0 or len(train_idx) == 0:
         raise ValueError(f"fold {k} leaves an empty train or validation set ({len(folds)} images).")
 
     # -- state -----------------------------------------------------------------------------
-    last_path = run_dir / "last.pt"
+    last_path = files.last
     # fresh (force=True): start over; the old files stay until the new run replaces each of them.
     state = safe_torch_load(last_path, "resume state") if last_path.is_file() and not fresh else None
     if state is not None and (state.get("model_config") != mcfg.to_dict()
@@ -298,21 +253,19 @@ def _train_process(params: dict, rank: int, world: int, progress: bool, fresh: b
             f"{last_path} was written by a run with another model configuration. Delete "
             f"{run_dir} to start this run afresh, or rerun with the parameters it was started with."
         )
-    mp = params.get("model", {})
     # Resuming replaces every weight, so the backbone need not be downloaded again.
-    pretrained = bool(mp.get("pretrained", True)) and state is None
+    pretrained = cfg.model.pretrained and state is None
     if not pretrained and state is None and is_main:
         print(f"{name}: WARNING the backbone starts from RANDOM weights (model.pretrained=false).")
-    model = MANIQA(mcfg, pretrained=pretrained, weights_file=mp.get("weights_file") if pretrained else None)
+    model = MANIQA(mcfg, pretrained=pretrained, weights_file=cfg.model.weights_file if pretrained else None)
     if state is not None:
         model.load_state_dict(state["model"])
     model.to(device)
-    op, sp = params["optim"], params["schedule"]
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=float(op["lr"]), weight_decay=float(op["weight_decay"]),
+        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
         fused=True,  # one kernel for all parameters, on CUDA and CPU alike
     )
-    scheduler = CosineAnnealingWarmupRestarts(optimizer, **schedule_args(sp))
+    scheduler = CosineAnnealingWarmupRestarts(optimizer, **cfg.schedule.model_dump())
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     epoch, step, start_batch, history, best = 0, 0, 0, [], {"epoch": None, VAL_METRIC: -math.inf}
     rng, partial = None, (0.0, 0)  # partial: loss sum and count of the batches before a mid-epoch resume
@@ -330,28 +283,24 @@ def _train_process(params: dict, rank: int, world: int, progress: bool, fresh: b
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
         )
-    train_model = torch.compile(ddp_model) if tp.get("compile", False) else ddp_model
+    train_model = torch.compile(ddp_model) if tp.compile else ddp_model
 
     # -- bookkeeping -------------------------------------------------------------------------
-    manifest_path = run_dir / "manifest.json"
+    manifest_path = files.manifest
     manifest = {}
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(run_dir)
         manifest = (None if fresh else _read_json(manifest_path)) or {"started": now_iso()}
         manifest.update(
-            run=name, status="running", config=params, model_config=mcfg.to_dict(),
+            run=name, status="running", config=cfg.to_dict(), model_config=mcfg.to_dict(),
             environment=environment_info(device), resumed_from_epoch=epoch if state else None,
             n_train=int(len(train_idx)), n_val=int(len(val_idx)),
         )
         atomic_write_json(manifest_path, manifest)
 
-    batch_size = int(tp["batch_size"])
-    epochs, max_steps = int(tp["epochs"]), tp.get("max_steps")
-    max_steps = int(max_steps) if max_steps else None
-    patience, accum = int(tp.get("patience", 15)), int(tp.get("grad_accum", 1))
-    save_every = int(tp.get("save_every_steps") or 0)
-    flip = tp.get("flip", "vertical")
+    batch_size, epochs, max_steps, patience, accum = tp.batch_size, tp.epochs, tp.max_steps, tp.patience, tp.grad_accum
+    save_every, flip = tp.save_every_steps or 0, tp.flip
     flip_gen = torch.Generator(device=device)
 
     def save_last(epoch_, batch_in_epoch, partial_loss=(0.0, 0)):
@@ -364,7 +313,7 @@ def _train_process(params: dict, rank: int, world: int, progress: bool, fresh: b
             "history": history, "best": best,
             "rng": {"torch": torch.get_rng_state(), "flip": flip_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-            "model_config": mcfg.to_dict(), "input": view, "config": params,
+            "model_config": mcfg.to_dict(), "input": view, "config": cfg.to_dict(),
         }, last_path)
 
     stop_reason = None
@@ -384,7 +333,7 @@ def _train_process(params: dict, rank: int, world: int, progress: bool, fresh: b
             rng = None
             sampler = EpochBatches(train_idx, batch_size, seed, epoch, start=start_batch, rank=rank, world=world)
             loader = D.make_loader(
-                dataset, batch_size=None, shuffle=False, num_workers=int(tp.get("num_workers", 0)),
+                dataset, batch_size=None, shuffle=False, num_workers=tp.num_workers,
                 seed=seed, sampler=sampler,
             )
             model.train()
@@ -428,8 +377,7 @@ def _train_process(params: dict, rank: int, world: int, progress: bool, fresh: b
 
             # -- validation (every rank predicts its share; all get every prediction) --------
             preds = predict_indices(model, dataset, val_idx, device, amp_dtype,
-                                    batch_size=int(tp.get("val_batch_size", batch_size)),
-                                    num_workers=int(tp.get("num_workers", 0)), rank=rank, world=world,
+                                    batch_size=tp.val_batch_size, num_workers=tp.num_workers, rank=rank, world=world,
                                     crop=mcfg.img_size, crop_grid=view["crop_grid"])
             truth = folds["mos"].to_numpy(np.float64)[val_idx]
             if is_main and not np.any(preds):
@@ -446,13 +394,13 @@ def _train_process(params: dict, rank: int, world: int, progress: bool, fresh: b
                 best = {"epoch": epoch, **metrics, "val_loss": val_loss}
                 patience_left = patience
                 if is_main:
-                    save_best(model, mcfg, params, run_dir, epoch, metrics, view)
+                    save_best(model, mcfg, cfg, epoch, metrics)
                     oof = folds.iloc[val_idx][["img_name", "mos"]].assign(pred=np.clip(preds * mos_scale, 0, mos_scale))
-                    atomic_write_text(run_dir / "oof.csv", oof.to_csv(index=False))
+                    atomic_write_text(files.oof, oof.to_csv(index=False))
             else:
                 patience_left -= 1
             if is_main:
-                atomic_write_text(run_dir / "metrics.csv", pd.DataFrame(history).to_csv(index=False))
+                atomic_write_text(files.metrics, pd.DataFrame(history).to_csv(index=False))
                 mark = " *" if improved else ""
                 print(f"{name} epoch {epoch:3d} step {step:6d} loss {train_loss:.4f} val_loss {val_loss:.4f} "
                       f"PLCC {metrics['plcc']:.4f} SRCC {metrics['srcc']:.4f} score {metrics['score']:.4f} "
@@ -500,54 +448,12 @@ def _epochs_since_best(history: list, best: dict) -> int:
     return history[-1]["epoch"] - best["epoch"]
 
 
-@torch.no_grad()
-def predict_indices(model, dataset, indices, device, amp_dtype, batch_size=32, num_workers=0, rank=0, world=1,
-                    tta: bool = False, crop: int | None = None, crop_grid: int = 1) -> np.ndarray:
-    """Model outputs (on the 0-1 target scale) for dataset[indices], in that order.
-
-    Images larger than the model's input `crop` are scored as the mean over a `crop_grid` x
-    `crop_grid` grid of crops; `tta` adds each view's two flips to the mean. With several
-    ranks each predicts a strided share and the shares are gathered.
-    """
-    was_training = model.training
-    model.eval()
-    share = np.asarray(indices)[rank::world]
-    loader = D.make_loader(torch.utils.data.Subset(dataset, share.tolist()), batch_size=batch_size, shuffle=False,
-                           num_workers=num_workers)
-    out = []
-    for images, _, _ in loader:
-        x = D.to_model_input(images, train=False, device=device)
-        places = grid_crops(x, crop, crop_grid) if crop and crop < x.shape[-1] else [x]
-        views = [v for c in places for v in ((c, c.flip(-2), c.flip(-1)) if tta else (c,))]
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            p = torch.stack([model(v).float() for v in views]).mean(0)
-        out.append(p.cpu())
-    mine = torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
-    model.train(was_training)
-    if world == 1:
-        return mine
-    parts = [None] * world
-    dist.all_gather_object(parts, mine)
-    full = np.empty(len(indices))
-    for r, p in enumerate(parts):
-        full[r::world] = p
-    return full
-
-
-def input_view(params: dict) -> dict:
-    """How images reach the model (iqa_lib.crops): the stored side and the test-time crop grid."""
-    model = params["model"]
-    return {"load_size": int(model.get("load_size") or model["img_size"]), "crop_grid": int(model.get("crop_grid", 1))}
-
-
-def save_best(model, mcfg: MANIQAConfig, params: dict, run_dir: Path, epoch: int, metrics: dict,
-              view: dict | None = None) -> None:
+def save_best(model, mcfg: MANIQAConfig, cfg: Config, epoch: int, metrics: dict) -> None:
     atomic_torch_save({
-        "format": KIT_FORMAT, "model": model.state_dict(), "model_config": mcfg.to_dict(),
-        "input": view or input_view(params),
-        "variant": str(params["res"]), "fold": int(params["fold"]), "mos_scale": float(params["mos_scale"]),
-        "epoch": epoch, "metrics": metrics, "flip": params["train"].get("flip", "vertical"),
-    }, run_dir / f"{run_dir.name}.ckpt")
+        "format": KIT_FORMAT, "model": model.state_dict(), "model_config": mcfg.to_dict(), "input": input_view(cfg),
+        "variant": str(cfg.res), "fold": cfg.fold, "mos_scale": cfg.mos_scale,
+        "epoch": epoch, "metrics": metrics, "flip": cfg.train.flip,
+    }, cfg.run.checkpoint)
 
 
 def _read_json(path: Path):
@@ -561,8 +467,9 @@ def _read_json(path: Path):
 
 def read_result(run_dir: Path) -> RunResult:
     run_dir = Path(run_dir)
-    manifest = _read_json(run_dir / "manifest.json") or {}
-    metrics_csv = run_dir / "metrics.csv"
+    files = RunFiles(run_dir.parent, run_dir.name)
+    manifest = _read_json(files.manifest) or {}
+    metrics_csv = files.metrics
     history = pd.read_csv(metrics_csv) if metrics_csv.is_file() else pd.DataFrame()
     return RunResult(run_dir, manifest.get("status", "missing"), manifest.get("best_epoch"),
                      manifest.get("best", {}), history)

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from iqa_lib.crops import grid_crops, grid_offsets, random_crops
-from iqa_lib.params import ParamsError, load_params
-from iqa_lib.train import fit, predict_indices
+from iqa_lib.config import ConfigError, load_config
+from iqa_lib.infer import predict_indices
+from iqa_lib.train import fit
 
-from test_train import make_exposure_data
+from conftest import make_exposure_data
 
 
 def numbered_images(b=5, side=12):
@@ -87,13 +88,13 @@ def test_predict_indices_averages_the_grid():
 
 
 def test_load_size_defaults_to_img_size_and_must_not_be_smaller(tmp_path):
-    p = load_params(384, 0, profile="demo")
-    assert p["model"]["load_size"] == p["model"]["img_size"] == 64
-    assert load_params(384, 0, profile="demo", overrides={"model.load_size": 96})["model"]["load_size"] == 96
-    with pytest.raises(ParamsError, match=r"model.load_size \(32\) is smaller than .* model.img_size \(64\)"):
-        load_params(384, 0, profile="demo", overrides={"model.load_size": 32})
-    with pytest.raises(ParamsError, match="crop_grid"):
-        load_params(384, 0, profile="demo", overrides={"model.crop_grid": 0})
+    p = load_config("demo", 64, 0)
+    assert p.model.load_size == p.model.img_size == 64
+    assert load_config("demo", 64, 0, {"model.load_size": 96}).model.load_size == 96
+    with pytest.raises(ConfigError, match=r"model.load_size \(32\) is smaller than model.img_size \(64\)"):
+        load_config("demo", 64, 0, {"model.load_size": 32})
+    with pytest.raises(ConfigError, match="crop_grid"):
+        load_config("demo", 64, 0, {"model.crop_grid": 0})
 
 
 def test_fit_on_crops_and_predict_with_the_checkpoints_view(tmp_path):
@@ -101,7 +102,7 @@ def test_fit_on_crops_and_predict_with_the_checkpoints_view(tmp_path):
     from iqa_lib.infer import predict
 
     data = make_exposure_data(tmp_path / "data", n_train=40, n_test=6)
-    params = load_params(384, 0, profile="demo", overrides={
+    params = load_config("demo", 64, 0, {
         "data_dir": str(data), "out_dir": str(tmp_path / "out"), "train.epochs": 1, "train.batch_size": 8,
         "train.num_workers": 0, "model.load_size": 96, "model.crop_grid": 2,
     })
@@ -114,7 +115,7 @@ def test_fit_on_crops_and_predict_with_the_checkpoints_view(tmp_path):
     # Another view is refused rather than silently mixed: for the completed run, and on resume.
     last = safe_torch_load(result.run_dir / "last.pt", "resume state")
     assert last["input"] == ckpt["input"]
-    other = load_params(384, 0, profile="demo", overrides={
+    other = load_config("demo", 64, 0, {
         "data_dir": str(data), "out_dir": str(tmp_path / "out"), "train.epochs": 2, "model.load_size": 128})
     with pytest.raises(RuntimeError, match=r"completed run of another model \(model.crop_grid: 2 -> 1, "
                                            r"model.load_size: 96 -> 128, train.epochs: 1 -> 2\)"):
@@ -129,8 +130,8 @@ def test_fit_on_crops_and_predict_with_the_checkpoints_view(tmp_path):
 def test_completed_run_with_other_training_parameters_warns(tmp_path, capsys):
     data = make_exposure_data(tmp_path / "data", n_train=30, n_test=2)
     ov = {"data_dir": str(data), "out_dir": str(tmp_path / "out"), "train.epochs": 1, "train.num_workers": 0}
-    first = fit(load_params(384, 0, profile="demo", overrides=ov), progress=False)
-    again = fit(load_params(384, 0, profile="demo", overrides={**ov, "optim.lr": 1.0e-3, "train.num_workers": 1}),
+    first = fit(load_config("demo", 64, 0, ov), progress=False)
+    again = fit(load_config("demo", 64, 0, {**ov, "optim.lr": 1.0e-3, "train.num_workers": 1}),
                 progress=False)
     out = capsys.readouterr().out
     assert "WARNING it completed with other parameters (optim.lr: 0.0003 -> 0.001)" in out

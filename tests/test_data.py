@@ -541,13 +541,6 @@ def test_loader_with_batch_sampler_and_argument_errors(image_paths):
         D.make_loader(ds, None, shuffle=False)
 
 
-def test_measure_loader(image_paths):
-    loader = D.make_loader(D.IQADataset(D.ImageStore.open(image_paths, 8)), 4, shuffle=False)
-    full = D.measure_loader(loader)
-    assert full["images"] == 6 and full["batches"] == 2 and full["images_per_s"] > 0
-    assert D.measure_loader(loader, max_batches=1)["images"] == 4
-
-
 # --------------------------------------------------------------------------------------------
 # to_model_input
 # --------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from iqa_lib import demo_data
-from iqa_lib.demo_data import DEFAULT_SIZES, MANIFEST, main, make_demo_data
+from iqa_lib.datasets import demo as demo_data
+from iqa_lib.datasets.demo import DEFAULT_SIZES, MANIFEST, main, make_demo_data
 
 NAME = re.compile(r"^[a-z0-9]{10}$")
 

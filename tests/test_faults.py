@@ -12,7 +12,7 @@ import pytest
 from iqa_lib.checkpoint import CheckpointError, atomic_write_bytes, safe_torch_load
 from iqa_lib.infer import load_model
 from iqa_lib.train import fit
-from test_train import TIMING, make_exposure_data, tiny_params
+from conftest import TIMING, make_exposure_data, tiny_params
 
 # Runs one training in a child process that SIGKILLs itself at the N-th call of a function:
 # `replace` = the rename that publishes a checkpoint, `write` = half-way through writing one,
@@ -20,7 +20,7 @@ from test_train import TIMING, make_exposure_data, tiny_params
 KILL_SCRIPT = r"""
 import json, os, signal, sys
 import iqa_lib.checkpoint as C, iqa_lib.train as T
-from iqa_lib.params import load_params
+from iqa_lib.config import load_config
 where, n = sys.argv[2], int(sys.argv[3])
 calls = {"n": 0}
 def die_on_nth(real):
@@ -38,7 +38,7 @@ if where in ("replace", "write"):
     C.os.replace = die_on_nth(C.os.replace)
 else:
     T.predict_indices = die_on_nth(T.predict_indices)
-T.fit(load_params(384, 0, profile="demo", overrides=json.loads(sys.argv[1])), progress=False)
+T.fit(load_config("demo", 64, 0, json.loads(sys.argv[1])), progress=False)
 """
 
 
@@ -64,7 +64,7 @@ def test_killed_run_resumes_to_the_same_result(data, reference, tmp_path, where,
     proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, json.dumps(ov), where, str(n)], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]  # it really was killed
-    run = tmp_path / "runs" / "384_fold0"
+    run = tmp_path / "runs" / "64_fold0"
     # Whatever sits under a final name is whole (temp files carry temp names only).
     for f in run.glob("*.pt"):
         safe_torch_load(f)

@@ -99,7 +99,10 @@ def test_fast_path_equals_reference_small(res, batch):
         fast, ref = model(x), model.forward_reference(x)
     assert fast.shape == ref.shape == (batch,)
     assert (fast - ref).abs().max().item() < 1e-5
-    assert ref.std().item() > 1e-3 if batch > 1 else True  # the check is not on a constant
+    # The comparison is not vacuous: the scores depend on the image (another input, other scores).
+    with torch.no_grad():
+        other = model.forward_reference(torch.randn_like(x))
+    assert (other - ref).abs().max().item() > 1e-4
 
 
 def test_fast_path_equals_reference_real_384(real_models):

@@ -1,4 +1,5 @@
-"""Every figure function returns a Figure on small made-up data, and it saves as a PNG."""
+"""Every figure function returns a Figure on small made-up data that draws the data it was given
+(axes with data, a PNG that is not blank), and the figures' numbers are the data's."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,12 +12,21 @@ RNG = np.random.default_rng(0)
 
 
 def _saves(fig, tmp_path, name="fig.png"):
+    """The figure has axes that hold data, and it renders to a PNG that is not one flat colour."""
     assert isinstance(fig, Figure)
+    framed = [ax for ax in fig.axes if ax.get_visible() and ax.axison]  # picture grids hide their frames
+    assert all(ax.has_data() for ax in framed), "an empty axes"
+    assert any(ax.has_data() or ax.images for ax in fig.axes), "nothing drawn"
     path = tmp_path / name
     fig.savefig(path, dpi=50)
-    assert path.stat().st_size > 0
     with Image.open(path) as im:
         assert im.format == "PNG"
+        assert np.asarray(im.convert("L")).std() > 1.0, "a blank picture"
+    return fig
+
+
+def _lines(ax):
+    return [line for line in ax.get_lines() if len(line.get_xdata())]
 
 
 @pytest.fixture
@@ -70,7 +80,10 @@ def test_learning_curves(tmp_path):
                       "lr": [1e-4, 5e-5, 1e-5]})
     path = tmp_path / "metrics.csv"
     m.to_csv(path, index=False)
-    _saves(plots.plot_learning_curves(path, title="384_fold0"), tmp_path)
+    fig = _saves(plots.plot_learning_curves(path, title="384_fold0"), tmp_path)
+    drawn = [tuple(np.round(line.get_ydata(), 6)) for ax in fig.axes for line in _lines(ax)]
+    for col in ("train_loss", "val_loss", "plcc", "srcc"):
+        assert tuple(m[col]) in drawn, f"{col} is not drawn"
 
 
 SCHEDULE = {"first_cycle_steps": 20, "cycle_mult": 1.0, "max_lr": 1e-4, "min_lr": 1e-6,
@@ -87,14 +100,20 @@ def test_lr_schedule_values():
 
 def test_lr_schedule_plot(tmp_path):
     observed = pd.DataFrame({"step": [10, 20, 30], "lr": plots.lr_schedule(SCHEDULE, 31)[[10, 20, 30]]})
-    _saves(plots.plot_lr_schedule(SCHEDULE, 40, observed=observed, steps_per_epoch=10), tmp_path)
+    fig = _saves(plots.plot_lr_schedule(SCHEDULE, 40, observed=observed, steps_per_epoch=10), tmp_path)
+    curve, dots = [line for line in _lines(fig.axes[0]) if len(line.get_xdata()) > 2][:2]
+    np.testing.assert_allclose(curve.get_ydata(), plots.lr_schedule(SCHEDULE, 40))
+    np.testing.assert_allclose(dots.get_ydata(), observed["lr"])
 
 
 def test_pred_vs_true(tmp_path):
     truth = RNG.uniform(2, 9, 40)
     oof = pd.DataFrame({"img_name": [f"i{i}" for i in range(40)], "mos": truth, "pred": truth + RNG.normal(0, 1, 40)})
     fig = plots.plot_pred_vs_true(oof)
-    assert "PLCC" in fig.axes[0].get_title()
+    from iqa_lib.metrics import plcc
+    assert f"{plcc(oof['pred'], oof['mos']):.3f}" in fig.axes[0].get_title()
+    offsets = fig.axes[0].collections[0].get_offsets()
+    np.testing.assert_allclose(np.asarray(offsets), oof[["mos", "pred"]].to_numpy())
     _saves(fig, tmp_path)
     _saves(plots.plot_pred_vs_true(oof.assign(pred=5.0)), tmp_path, "constant.png")
 

@@ -1,4 +1,4 @@
-"""Tests for iqa_lib.prepare: tiny fabricated copies of each data set, laid out like the originals."""
+"""Tests for iqa_lib.datasets.prepare: tiny fabricated copies of each data set, laid out like the originals."""
 
 import json
 import os
@@ -12,7 +12,7 @@ from PIL import Image
 
 from iqa_lib.data import DataError, load_table
 from iqa_lib.folds import make_folds
-from iqa_lib.prepare import main, prepare
+from iqa_lib.datasets.prepare import main, prepare
 
 CLIVE_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "clive_dev"
 
@@ -142,7 +142,7 @@ def test_clive_drops_practice_images_and_loads(tmp_path):
     assert [d["name"] for d in meta["details"]["dropped"]] == [f"t{i}.bmp" for i in range(1, 8)]
     assert meta["details"]["dropped"][0]["mos"] == 50.0  # their scores are in the file; recorded, not used
     assert "Ghadiyaram" in meta["citation"] and "University of Texas" in meta["licence"]
-    assert meta["command"].startswith("python -m iqa_lib.prepare clive ")
+    assert meta["command"].startswith("python -m iqa_lib.datasets.prepare clive ")
     assert meta["source_docs"] == ["README.txt"] and (dest / "README.txt").is_file()
 
 
@@ -292,12 +292,12 @@ def test_spaq_xlsx(tmp_path):
 
 
 def test_spaq_xlsx_without_openpyxl(tmp_path, monkeypatch):
-    import iqa_lib.prepare as prep
+    from iqa_lib.datasets import spaq
 
     src = make_spaq(tmp_path / "src")
     csv = src / "Annotations" / "MOS and Image attribute scores.csv"
     csv.rename(csv.with_suffix(".xlsx"))  # only its presence matters here
-    monkeypatch.setattr(prep, "_openpyxl_available", lambda: False)
+    monkeypatch.setattr(spaq, "_openpyxl_available", lambda: False)
     with pytest.raises(DataError) as err:
         prepare("spaq", src, tmp_path / "out", progress=False)
     assert "pip install openpyxl" in str(err.value) and "MOS and Image attribute scores.csv" in str(err.value)

@@ -1,455 +1,248 @@
-"""The grid runner: scheduling, the lock, skip/resume logic, failures, Ctrl-C and Ray.
+"""The grid runner: skip and relaunch, one training per GPU, --parallel, failures, Ray, the lock.
 
-Grids here run small stub notebooks written by the tests (papermill and a real kernel, but
-no training), so they do not depend on the real notebooks or on training speed.
+The grids run stub notebooks written here (papermill and a real kernel, no training), so they
+take seconds and do not depend on the real notebooks. A stub records each call (step, run,
+CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS, ...) in {out_dir}/calls.jsonl; a file FAIL_{name} in
+out_dir makes that step raise. How many notebooks ran at once, and on which GPUs, is counted
+around run_notebook in the runner (a child's lifetime), not from timings inside the kernels.
 """
 import io
 import json
 import os
-import random
-import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
+from collections import Counter
 from pathlib import Path
 
 import nbformat
 import pytest
-import torch
 
 from iqa_lib import run_all as R
-from iqa_lib.lock import GridLock, LockHeldError, lock_path, read_lock
+from iqa_lib.config import Outputs
 
-REPO = Path(__file__).resolve().parents[1]
-
-# --- stub notebooks ---------------------------------------------------------------------------
-COMMON_PARAMS = 'profile = "team"\ndata_dir = None\nout_dir = None\n'
+COMMON = 'profile = "team"\ndata_dir = None\nout_dir = None\n'
 STUB_PARAMS = {
-    "01_eda": COMMON_PARAMS,
-    "02_folds": COMMON_PARAMS,
-    "03_train": COMMON_PARAMS + "res = 448\nfold = 0\nckpt_template = None\nepochs = None\n",
-    "04_infer": COMMON_PARAMS + 'runs = "all"\n',
-    "05_ensemble": COMMON_PARAMS,
+    "01_eda": COMMON + "max_images = 5000\n",
+    "02_folds": COMMON + "n_folds = None\n",
+    "03_train": "res = 448\nfold = 0\n" + COMMON + "epochs = None\nmax_steps = None\n",
+    "04_infer": COMMON + 'runs = "all"\n',
+    "05_ensemble": COMMON + 'method = "iqr"\nruns = "all"\n',
 }
 STUB_BODY = '''
-import json, os, shutil, time
+import json, os
 from pathlib import Path
-STEP = {step!r}
-out = Path(out_dir)
-out.mkdir(parents=True, exist_ok=True)
-name = f"{{res}}_fold{{fold}}" if STEP == "03_train" else STEP
-record = {{"step": STEP, "name": name, "cwd": os.getcwd(), "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
-          "pid": os.getpid(), "epochs": globals().get("epochs"), "runs": globals().get("runs")}}
-with open(out / "calls.jsonl", "a") as f:
-    f.write(json.dumps(record) + "\\n")
-if (out / f"SLEEP_{{name}}").exists():
-    (out / f"PID_{{name}}").write_text(str(os.getpid()))
-    time.sleep(120)
-if (out / f"FAIL_{{name}}").exists():
-    raise RuntimeError(f"stub failure for {{name}}")
+from iqa_lib.config import Outputs, run_name
+STEP = "@STEP@"
+outputs = Outputs(Path(out_dir))
+name = run_name(res, fold) if STEP == "03_train" else STEP
+call = {"step": STEP, "name": name, "cwd": os.getcwd(), "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "omp": os.environ.get("OMP_NUM_THREADS"), "epochs": globals().get("epochs"),
+        "runs": globals().get("runs")}
+with open(outputs.root / "calls.jsonl", "a") as f:
+    f.write(json.dumps(call) + "\\n")
+if (outputs.root / f"FAIL_{name}").exists():
+    raise RuntimeError(f"stub failure for {name}")
 if STEP == "02_folds":
-    (out / "folds.csv").write_text("img_name,fold\\n")
+    outputs.folds.write_text("img_name,fold\\n")
 if STEP == "03_train":
-    run_dir = out / "runs" / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.csv").write_text("epoch,plcc_srcc\\n0,1.1\\n1,1.5\\n")
-    shutil.copy(ckpt_template, run_dir / f"{{name}}.ckpt")
-    manifest = {{"status": "completed", "best_epoch": 1, "epochs_run": 2, "best": {{"plcc_srcc": 1.5}}}}
-    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    run = outputs.run(res, fold)
+    run.dir.mkdir(parents=True, exist_ok=True)
+    run.metrics.write_text("epoch,plcc_srcc\\n0,1.1\\n1,1.5\\n")
+    run.checkpoint.write_bytes(b"weights")
+    run.manifest.write_text(json.dumps({"status": "completed"}))
 '''
 
 
-def write_stub(folder: Path, step: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell(STUB_PARAMS[step])
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(STUB_BODY.format(step=step))]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, folder / f"{step}.ipynb")
-
-
 @pytest.fixture(scope="module")
-def stubs(tmp_path_factory):
+def stubs(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("stub_notebooks")
-    for step in STUB_PARAMS:
-        write_stub(folder, step)
-    template = folder / "template.ckpt"
-    torch.save({"format": "stub", "model": {"w": torch.zeros(1)}}, template)
-    return folder, template
+    for step, params in STUB_PARAMS.items():
+        nb = nbformat.v4.new_notebook()
+        cell = nbformat.v4.new_code_cell(params)
+        cell.metadata["tags"] = ["parameters"]
+        nb.cells = [cell, nbformat.v4.new_code_cell(STUB_BODY.replace("@STEP@", step))]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, folder / f"{step}.ipynb")
+    return folder
 
 
 @pytest.fixture
-def grid(tmp_path, stubs):
-    """run_grid keyword arguments for a 384 x folds 0, 1 grid of stub notebooks on 2 CPU places."""
-    notebooks, template = stubs
+def grid(tmp_path, stubs, monkeypatch) -> dict:
+    """run_grid arguments: demo profile, res 64, folds 0 and 1, stub notebooks, no 01_eda."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     data = tmp_path / "data"
     data.mkdir()
-    (data / "train.csv").write_text("img_name,img_path,mos,comments\n")
-    out = tmp_path / "out"
-    return dict(profile="demo", res=[384], folds=[0, 1], data_dir=str(data), out_dir=str(out), gpus="cpu",
-                parallel=2, skip_eda=True, notebooks_dir=str(notebooks), extra_params={"ckpt_template": str(template)},
-                poll_s=0.1)
+    return dict(profile="demo", res=[64], folds=[0, 1], data_dir=str(data), out_dir=str(tmp_path / "out"),
+                skip_eda=True, notebooks_dir=str(stubs))
 
 
-def calls(out_dir) -> list[dict]:
-    path = Path(out_dir) / "calls.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def cli(g: dict, *more: str) -> list[str]:
+    args = ["--profile", g["profile"], "--res", *map(str, g["res"]), "--folds", *map(str, g["folds"]),
+            "--data-dir", g["data_dir"], "--out-dir", g["out_dir"], "--notebooks-dir", g["notebooks_dir"]]
+    return args + (["--skip-eda"] if g["skip_eda"] else []) + list(more)
 
 
-def cli_args(g: dict) -> list[str]:
-    return ["--profile", g["profile"], "--res", *map(str, g["res"]), "--folds", *map(str, g["folds"]),
-            "--data-dir", g["data_dir"], "--out-dir", g["out_dir"], "--gpus", "cpu", "--parallel", "2",
-            "--skip-eda", "--notebooks-dir", g["notebooks_dir"], "-p", "ckpt_template", g["extra_params"]["ckpt_template"]]
+def calls(g: dict) -> list[dict]:
+    path = Path(g["out_dir"]) / "calls.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def make_run(out_dir: Path, name: str, template: Path, status="completed", ckpt=True, corrupt=False, last=False):
-    run_dir = Path(out_dir) / "runs" / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    best = {"best_epoch": 3, "best": {"plcc_srcc": 1.234}} if status == "completed" else {}
-    (run_dir / "manifest.json").write_text(json.dumps({"status": status, **best}))
-    if ckpt:
-        if corrupt:
-            (run_dir / f"{name}.ckpt").write_bytes(b"not a checkpoint")
-        else:
-            (run_dir / f"{name}.ckpt").write_bytes(template.read_bytes())
-    if last:
-        (run_dir / "last.pt").write_bytes(b"resume state")
-    return run_dir
+@pytest.fixture
+def at_once(monkeypatch) -> list[Counter]:
+    """Snapshots of {CUDA_VISIBLE_DEVICES: notebooks running with it}, one per notebook start."""
+    live, snapshots, lock = Counter(), [], threading.Lock()
+    real = R.run_notebook
 
-
-# --- scheduling (pure) ------------------------------------------------------------------------
-def test_assign_slots_three_fake_gpus_never_share_and_finish_everything():
-    rng = random.Random(0)
-    gpus = ["0", "1", "2"]
-    pending = [f"{r}_fold{k}" for r in (640, 448, 384) for k in range(5)]
-    duration = {name: rng.randint(1, 9) for name in pending}
-    running: dict[str, tuple[tuple[str, ...], int]] = {}
-    done, t, max_live = [], 0, 0
-    while pending or running:
-        for name, (slots, end) in list(running.items()):
-            if end <= t:
-                done.append(name)
-                del running[name]
-        busy = {g for slots, _ in running.values() for g in slots}
-        free = [g for g in gpus if g not in busy]
-        for name, slots in R.assign_slots([(n, 1) for n in pending], free):
-            assert len(slots) == 1 and slots[0] in free
-            assert not busy & set(slots), "a GPU was given to two live runs"
-            busy |= set(slots)
-            running[name] = (slots, t + duration[name])
-            pending.remove(name)
-        live = [g for slots, _ in running.values() for g in slots]
-        assert len(live) == len(set(live)) <= len(gpus)
-        max_live = max(max_live, len(running))
-        t += 1
-        assert t < 1000
-    assert sorted(done) == sorted(duration) and max_live == 3
-
-
-def test_assign_slots_multi_gpu_runs_and_backfill():
-    # a 2-GPU run waits for two free GPUs; a smaller one behind it may use the one left
-    assert R.assign_slots([("a", 2), ("b", 2), ("c", 1)], ["0", "1", "2"]) == [("a", ("0", "1")), ("c", ("2",))]
-    assert R.assign_slots([("a", 1)], []) == []
-    with pytest.raises(ValueError):
-        R.assign_slots([("a", 0)], ["0"])
-
-
-def test_parse_gpus_and_physical_ids():
-    assert R.parse_gpus("auto", count=3) == [0, 1, 2]
-    assert R.parse_gpus("auto", count=0) == []
-    assert R.parse_gpus("2", count=3) == [0, 1]
-    assert R.parse_gpus("0", count=3) == [] == R.parse_gpus("cpu", count=3)
-    assert R.parse_gpus("0,2", count=3) == [0, 2]
-    assert R.parse_gpus("2,", count=3) == [2]
-    assert R.parse_gpus([1], count=2) == [1]
-    for bad in ("4", "0,5", "x", "0,0", "-1"):
-        with pytest.raises(R.GridError):
-            R.parse_gpus(bad, count=3)
-    assert R.physical_gpu_ids([0, 2]) == ["0", "2"]
-    assert R.physical_gpu_ids([0, 2], parent_visible="4,5,6") == ["4", "6"]
-    with pytest.raises(R.GridError):
-        R.physical_gpu_ids([3], parent_visible="4,5")
-
-
-def test_param_values_parse_like_papermill():
-    assert R.parse_param_value("3") == 3
-    assert R.parse_param_value("1e-5") == 1e-5
-    assert R.parse_param_value("true") is True and R.parse_param_value("None") is None
-    assert R.parse_param_value("fp32") == "fp32" and R.parse_param_value("") == ""
-    assert R.check_extra_params([("epochs", "1"), ("max_steps", "null")]) == {"epochs": 1, "max_steps": None}
-    with pytest.raises(R.GridError, match="--res"):
-        R.check_extra_params({"res": 384})
-    with pytest.raises(R.GridError, match="Python name"):
-        R.check_extra_params({"train.epochs": 1})
-
-
-def test_plan_and_dry_run(grid, stubs):
-    out = io.StringIO()
-    result = R.run_grid(**{**grid, "folds": [1], "skip_eda": False}, dry_run=True, stream=out)
-    names = [s.name for s in result.steps]
-    assert names == ["01_eda", "02_folds", "384_fold1", "04_infer", "05_ensemble"]
-    text = out.getvalue()
-    assert "papermill" in text and "runs/384_fold1/03_train.ipynb" in text and "runs: 384_fold1" in text
-    assert not Path(grid["out_dir"]).exists(), "a dry run writes nothing"
-    plan = R.plan_grid("demo", notebooks_dir=stubs[0])
-    assert len([s for s in plan.steps if s.is_train]) == 15
-    assert plan.step("04_infer").params["runs"] == "all"
-    train = [s for s in plan.steps if s.is_train]
-    assert min(train, key=lambda s: s.priority).res == 640, "the slowest resolution starts first"
-    with pytest.raises(R.GridError, match="defines"):
-        R.plan_grid("demo", res=[512], notebooks_dir=stubs[0])
-    with pytest.raises(R.GridError, match="n_folds"):
-        R.plan_grid("demo", folds=[5], notebooks_dir=stubs[0])
-    with pytest.raises(R.GridError, match="not found"):
-        R.plan_grid("demo", notebooks_dir=grid["data_dir"])
-    with pytest.raises(R.GridError, match="did you mean epochs"):  # 03_train would refuse it in every run
-        R.plan_grid("demo", extra_params={"epoch": 1}, notebooks_dir=stubs[0])
-
-
-def test_render_table_is_plain_text():
-    a = R.Step("384_fold0", "03_train", "x", {}, status=R.RUNNING, where="gpu 1", best=1.23456, best_epoch=4,
-               epochs=5, started=100.0)
-    b = R.Step("04_infer", "04_infer", "y", {}, status=R.QUEUED)
-    text = R.render_table([a, b], now=165.0, title="t")
-    assert "1 running, 1 queued" in text
-    row = next(line for line in text.splitlines() if "384_fold0" in line)
-    assert "running" in row and "gpu 1" in row and "1.2346 @ep4" in row and "0:01:05" in row
-    assert "\x1b" not in text and "\r" not in text
-
-
-# --- the lock --------------------------------------------------------------------------------
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
-def write_lock(out_dir: Path, **info) -> Path:
-    path = lock_path(out_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    base = {"pid": os.getpid(), "host": socket.gethostname(), "started": "2024-01-01 00:00:00",
-            "started_unix": time.time(), "command": "python -m iqa_lib.run_all (other)", "token": "other"}
-    path.write_text(json.dumps({**base, **info}))
-    return path
-
-
-def test_lock_refuses_a_second_runner(tmp_path):
-    with GridLock(tmp_path, command="first runner") as first:
-        info = read_lock(lock_path(tmp_path))
-        assert info["pid"] == os.getpid() and info["host"] == socket.gethostname() and info["started"]
-        with pytest.raises(LockHeldError) as err:
-            GridLock(tmp_path).acquire()
-        msg = str(err.value)
-        assert f"pid {os.getpid()}" in msg and socket.gethostname() in msg and "first runner" in msg
-        assert "since" in msg and f"rm '{lock_path(tmp_path)}'" in msg
-        assert first.held
-    assert not lock_path(tmp_path).exists(), "released on exit"
-
-
-def test_lock_released_on_error_and_keeps_someone_elses(tmp_path):
-    with pytest.raises(RuntimeError):
-        with GridLock(tmp_path):
-            raise RuntimeError("boom")
-    assert not lock_path(tmp_path).exists()
-    lock = GridLock(tmp_path).acquire()
-    write_lock(tmp_path)  # replaced behind our back: release must not delete it
-    lock.release()
-    assert read_lock(lock_path(tmp_path))["token"] == "other"
-
-
-def test_lock_of_a_dead_pid_is_taken_over(tmp_path):
-    pid = dead_pid()
-    write_lock(tmp_path, pid=pid)
-    messages = []
-    with GridLock(tmp_path, echo=messages.append):
-        assert read_lock(lock_path(tmp_path))["pid"] == os.getpid()
-    assert len(messages) == 1 and "stale" in messages[0] and f"pid {pid}" in messages[0]
-    assert not lock_path(tmp_path).exists()
-    assert not list(tmp_path.glob(".run_all.lock*")), "no leftovers"
-
-
-def test_lock_stale_cases(tmp_path):
-    # a live pid that started after the lock was written: the pid was reused
-    write_lock(tmp_path, started_unix=1.0)
-    with GridLock(tmp_path, echo=lambda m: None):
-        pass
-    # another host: never taken over, and the message says how to remove it
-    write_lock(tmp_path, host="some-other-node", pid=dead_pid())
-    with pytest.raises(LockHeldError, match="another host"):
-        GridLock(tmp_path).acquire()
-    # unreadable: refused while fresh, taken over once old
-    lock_path(tmp_path).write_text("")
-    with pytest.raises(LockHeldError, match="cannot be read"):
-        GridLock(tmp_path).acquire()
-    old = time.time() - 3600
-    os.utime(lock_path(tmp_path), (old, old))
-    with GridLock(tmp_path, echo=lambda m: None):
-        pass
-
-
-def test_run_grid_refuses_a_locked_out_dir(grid, capsys):
-    write_lock(Path(grid["out_dir"]))  # our own, live pid
-    with pytest.raises(LockHeldError):
-        R.run_grid(**grid, stream=io.StringIO())
-    assert R.main(cli_args(grid)) == R.EXIT_LOCKED
-    assert "another grid runner" in capsys.readouterr().err
-    assert calls(grid["out_dir"]) == []
-
-
-# --- grids of stub notebooks -----------------------------------------------------------------
-@pytest.mark.slow
-def test_completed_runs_are_skipped_and_incomplete_ones_launched(grid, stubs, monkeypatch):
-    _, template = stubs
-    # three fake GPUs, of which this process sees physical 5, 6 and 7
-    monkeypatch.setattr(R, "_cuda_device_count", lambda: 3)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,6,7")
-    out = Path(grid["out_dir"])
-    make_run(out, "384_fold0", template)                                   # completed: skipped
-    make_run(out, "384_fold1", template, status="running", ckpt=False, last=True)  # interrupted
-    make_run(out, "384_fold2", template, corrupt=True)                       # says completed, ckpt broken
-    stream = io.StringIO()
-    kwargs = {**grid, "folds": [0, 1, 2], "gpus": "auto", "extra_params": {**grid["extra_params"], "epochs": "1"}}
-    result = R.run_grid(**kwargs, stream=stream)
-    assert result.ok, stream.getvalue()
-    status = {s.name: s.status for s in result.steps}
-    assert status == {"02_folds": "done", "384_fold0": "skipped", "384_fold1": "done", "384_fold2": "done",
-                      "04_infer": "done", "05_ensemble": "done"}
-    assert result["384_fold0"].best_plcc_srcc == pytest.approx(1.234)
-    assert result["384_fold1"].best_plcc_srcc == pytest.approx(1.5)
-    ran = calls(out)
-    trained = [c for c in ran if c["step"] == "03_train"]
-    assert sorted(c["name"] for c in trained) == ["384_fold1", "384_fold2"]
-    assert all(c["epochs"] == 1 for c in trained), "-p values reach 03_train, parsed"
-    assert all(c["cwd"] == str(REPO) for c in ran), "notebooks run from the repository root"
-    assert sorted(c["gpus"] for c in trained) == ["5", "6"], "one GPU each, mapped through CUDA_VISIBLE_DEVICES"
-    infer = next(c for c in ran if c["step"] == "04_infer")
-    assert infer["runs"] == "384_fold0,384_fold1,384_fold2"
-    for name in ("384_fold1", "384_fold2"):
-        assert (out / "runs" / name / "03_train.ipynb").is_file()
-        assert "papermill" in (out / "runs" / name / "03_train.log").read_text()
-    assert (out / "notebooks" / "02_folds.ipynb").is_file() and (out / "notebooks" / "05_ensemble.log").is_file()
-    text = stream.getvalue()
-    assert "resumes from last.pt" in text and "run_all: OK" in text
-    assert not lock_path(out).exists()
-
-    # everything is done now: a rerun runs nothing at all
-    n = len(calls(out))
-    again = R.run_grid(**kwargs, stream=io.StringIO())
-    assert again.ok and {s.status for s in again.steps} == {"skipped"} and len(calls(out)) == n
-
-    # --force retrains the selected runs and reruns the notebooks
-    forced = R.run_grid(**{**grid, "folds": [0]}, force=True, stream=io.StringIO())
-    assert forced.ok and forced["384_fold0"].status == "done" and forced["02_folds"].status == "done"
-    assert [c["name"] for c in calls(out)[n:] if c["step"] == "03_train"] == ["384_fold0"]
-
-
-@pytest.mark.slow
-def test_failed_run_exits_nonzero_then_a_rerun_finishes_only_what_is_missing(grid):
-    out = Path(grid["out_dir"])
-    out.mkdir(parents=True)
-    (out / "FAIL_384_fold1").touch()
-    proc = subprocess.run([sys.executable, "-m", "iqa_lib.run_all", *cli_args(grid)], capture_output=True,
-                          text=True, timeout=120, cwd=REPO)
-    text = proc.stdout + proc.stderr
-    assert proc.returncode == R.EXIT_FAILED, text
-    notebook = out / "runs" / "384_fold1" / "03_train.ipynb"
-    assert "FAILED 384_fold1" in text and str(notebook) in text and str(notebook.with_suffix(".log")) in text
-    assert "stub failure for 384_fold1" in text, "the summary quotes the error"
-    assert "BLOCKED 04_infer" in text
-    assert not lock_path(out).exists(), "the lock is released after a failure"
-    first = calls(out)
-    assert {c["name"] for c in first} == {"02_folds", "384_fold0", "384_fold1"}
-    assert all(c["gpus"] == "" for c in first), "CPU runs see no GPU"
-
-    (out / "FAIL_384_fold1").unlink()
-    result = R.run_grid(**grid, stream=io.StringIO())
-    assert result.ok
-    second = [c["name"] for c in calls(out)[len(first):]]
-    assert sorted(second) == ["04_infer", "05_ensemble", "384_fold1"]
-    assert result["02_folds"].status == "skipped" and result["384_fold0"].status == "skipped"
-
-
-def start_runner_with_a_sleeping_run(grid) -> tuple[subprocess.Popen, int]:
-    """The CLI on a one-run grid whose training stub sleeps; returns it and the stub kernel's pid."""
-    out = Path(grid["out_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "SLEEP_384_fold0").touch()
-    proc = subprocess.Popen([sys.executable, "-m", "iqa_lib.run_all", *cli_args({**grid, "folds": [0]})],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                            start_new_session=True)
-    pid_file = out / "PID_384_fold0"
-    deadline = time.time() + 60
-    while not pid_file.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    if not pid_file.exists():
-        proc.kill()
-        pytest.fail(f"the stub did not start: {proc.communicate()[0]}")
-    return proc, int(pid_file.read_text())
-
-
-def wait_dead(pid: int, timeout: float = 20.0) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    def counted(notebook, output, params, gpus=None, threads=None):
+        with lock:
+            live[gpus] += 1
+            snapshots.append(+live)
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.2)
-    os.kill(pid, signal.SIGKILL)
-    return False
+            return real(notebook, output, params, gpus, threads)
+        finally:
+            with lock:
+                live[gpus] -= 1
+
+    monkeypatch.setattr(R, "run_notebook", counted)
+    return snapshots
 
 
-def test_ctrl_c_stops_the_children_and_frees_the_lock(grid):
-    proc, kernel_pid = start_runner_with_a_sleeping_run(grid)
-    proc.send_signal(signal.SIGINT)
-    text = proc.communicate(timeout=60)[0]
-    assert proc.returncode == R.EXIT_INTERRUPTED, text
-    assert "INTERRUPTED 384_fold0" in text and "Rerun the same command" in text
-    assert not lock_path(grid["out_dir"]).exists()
-    assert wait_dead(kernel_pid), "the notebook kernel outlived the interrupted runner"
+def test_skip_completed_relaunch_interrupted_one_training_per_gpu(grid, monkeypatch, at_once):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,6")  # two fake GPUs: only the children's env sees them
+    out = Outputs(Path(grid["out_dir"]))
+    done, interrupted, no_checkpoint = out.run(64, 0), out.run(64, 1), out.run(64, 2)
+    for run in (done, interrupted, no_checkpoint):
+        run.dir.mkdir(parents=True)
+        run.metrics.write_text("epoch,plcc_srcc\n0,0.25\n")
+    done.manifest.write_text(json.dumps({"status": "completed"}))
+    done.checkpoint.write_bytes(b"weights")
+    interrupted.manifest.write_text(json.dumps({"status": "running"}))
+    interrupted.last.write_bytes(b"resume state")
+    no_checkpoint.manifest.write_text(json.dumps({"status": "completed"}))  # its checkpoint is gone: train again
+    g = {**grid, "folds": [0, 1, 2, 3], "extra_params": {"epochs": "1"}}
+    stream = io.StringIO()
+    result = R.run_grid(**g, stream=stream)
+    text = stream.getvalue()
+    assert result.ok, text
+    assert {s.name: s.status for s in result.steps} == {
+        "02_folds": "done", "64_fold0": "skipped", "64_fold1": "done", "64_fold2": "done", "64_fold3": "done",
+        "04_infer": "done", "05_ensemble": "done"}
+    assert "completed earlier" in text and "resumes from last.pt" in text and "run_all: OK" in text
+    assert result["64_fold0"].best == 0.25 and result["64_fold1"].best == 1.5
+    trained = [c for c in calls(g) if c["step"] == "03_train"]
+    assert sorted(c["name"] for c in trained) == ["64_fold1", "64_fold2", "64_fold3"]
+    assert all(c["epochs"] == 1 for c in trained), "-p values reach 03_train, typed"
+    assert all(c["cwd"] == str(R.repo_root()) for c in calls(g)), "notebooks run from the repository root"
+    assert {c["gpus"] for c in trained} == {"5", "6"}, "one GPU each, from CUDA_VISIBLE_DEVICES"
+    assert max(max(snap.values()) for snap in at_once) == 1, "a GPU had two notebooks at once"
+    assert max(sum(snap.values()) for snap in at_once) == 2, "two GPUs: two trainings at once"
+    infer = next(c for c in calls(g) if c["step"] == "04_infer")
+    assert infer["runs"] == "64_fold0,64_fold1,64_fold2,64_fold3"
+    assert out.run(64, 2).notebook.is_file() and "papermill" in out.run(64, 2).notebook.with_suffix(".log").read_text()
+    assert (out.notebooks / "05_ensemble.ipynb").is_file()
+
+    # everything is done: a rerun runs no notebook at all
+    n = len(calls(g))
+    again = R.run_grid(**g, stream=io.StringIO())
+    assert again.ok and {s.status for s in again.steps} == {"skipped"} and len(calls(g)) == n
+
+    # --force deletes the selected run and retrains it; inference and ensemble follow the new checkpoint
+    (done.dir / "old_file").touch()
+    forced = R.run_grid(**{**g, "folds": [0]}, force=True, stream=io.StringIO())
+    assert forced.ok and not (done.dir / "old_file").exists()
+    assert [c["name"] for c in calls(g)[n:]] == ["64_fold0", "04_infer", "05_ensemble"]
 
 
-def test_a_killed_runner_leaves_no_orphans_and_its_lock_is_taken_over(grid):
-    proc, kernel_pid = start_runner_with_a_sleeping_run(grid)
-    proc.kill()  # SIGKILL: no cleanup at all in the runner
-    proc.communicate(timeout=30)
-    out = Path(grid["out_dir"])
-    assert lock_path(out).exists()
-    assert wait_dead(kernel_pid), "the run's process outlived its killed runner"
-    messages = []
-    with GridLock(out, echo=messages.append):  # what the next runner does first
-        pass
-    assert "taking over the stale lock" in messages[0] and f"pid {proc.pid}" in messages[0]
+def test_failures_exit_nonzero_naming_run_notebook_log_and_parallel_cpu(grid, capsys, at_once):
+    out = Outputs(Path(grid["out_dir"]))
+    out.root.mkdir()
+    (out.root / "FAIL_01_eda").touch()  # 01_eda failing does not stop the grid
+    (out.root / "FAIL_64_fold1").touch()
+    code = R.main(cli({**grid, "skip_eda": False}, "--gpus", "cpu", "--parallel", "2"))
+    text = capsys.readouterr().out
+    assert code == R.EXIT_FAILED, text
+    summary = text[text.index("run_all: FAILED"):]
+    run = out.run(64, 1)
+    for needle in ("FAILED 64_fold1", str(run.notebook), str(run.notebook.with_suffix(".log")),
+                   "RuntimeError: stub failure for 64_fold1", "FAILED 01_eda", "BLOCKED 04_infer"):
+        assert needle in summary, needle
+    assert "64_fold0" not in summary
+    ran = calls(grid)
+    assert [c["name"] for c in ran][:2] == ["01_eda", "02_folds"] and len(ran) == 4
+    trained = [c for c in ran if c["step"] == "03_train"]
+    assert max(snap[""] for snap in at_once) == 2, "--parallel 2: both trainings at once"
+    threads = str(max(1, (os.cpu_count() or 1) // 2))
+    assert all(c["gpus"] == "" and c["omp"] == threads for c in trained), "CPU runs: no GPU, threads split"
 
 
-def test_ray_is_optional(grid, monkeypatch, capsys):
-    code = "import sys; sys.modules['ray'] = None; import iqa_lib.run_all"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
+def test_ray_local_runs_trainings_and_inference_as_tasks(grid):
+    ray = pytest.importorskip("ray")
+    g = {**grid, "folds": [0]}
+    stream = io.StringIO()
+    result = R.run_grid(**g, ray="local", stream=stream)
+    assert result.ok, stream.getvalue()
+    assert not ray.is_initialized(), "the Ray the runner started is shut down"
+    assert [s.status for s in result.steps] == ["done"] * 4
+    host = socket.gethostname()
+    for name in ("64_fold0", "04_infer"):  # ray_task reports the node it ran on
+        assert result[name].where.startswith(host), (name, result[name].where)
+    assert result["05_ensemble"].where == "here" and result["02_folds"].where == "here"
+    assert [c["name"] for c in calls(g)] == ["02_folds", "64_fold0", "04_infer", "05_ensemble"]
+
+
+def test_ray_missing_names_the_install_command(grid, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(ImportError, match=r'pip install "iqa-lib\[ray\]"'):
-        R.run_grid(**grid, ray="local", stream=io.StringIO())
-    assert R.main(cli_args(grid) + ["--ray", "local"]) == R.EXIT_USAGE
+    assert R.main(cli(grid, "--ray", "auto")) == R.EXIT_USAGE
     assert 'pip install "iqa-lib[ray]"' in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_ray_local_runs_the_grid(grid):
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+HOLDER = """
+import sys, time
+from pathlib import Path
+from iqa_lib.config import Outputs
+from iqa_lib.run_all import grid_lock
+with grid_lock(Outputs(Path(sys.argv[1])).lock, "the first runner --its-args", print):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_second_runner_refused_and_a_dead_runners_lock_taken_over(grid, capsys):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, grid["out_dir"]], stdout=subprocess.PIPE, text=True)
     try:
-        stream = io.StringIO()
-        result = R.run_grid(**grid, ray="local", ray_gpus=0, stream=stream)
+        assert holder.stdout.readline().strip() == "locked"
+        assert R.main(cli(grid)) == R.EXIT_LOCKED
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and socket.gethostname() in err and "the first runner --its-args" in err
+        assert "since" in err and calls(grid) == []
     finally:
-        ray.shutdown()
-    assert result.ok, stream.getvalue()
-    assert [s.status for s in result.steps] == ["done"] * 5
-    out = Path(grid["out_dir"])
-    for name in ("384_fold0", "384_fold1"):
-        assert (out / "runs" / name / "03_train.ipynb").is_file()
-        assert "ray task" in (out / "runs" / name / "03_train.log").read_text()
-        assert result[name].note.startswith("on "), result[name].note
-    assert result["04_infer"].note.startswith("on ")
-    assert sorted(c["name"] for c in calls(out)) == ["02_folds", "04_infer", "05_ensemble", "384_fold0", "384_fold1"]
+        holder.kill()  # SIGKILL: no clean-up; the OS frees its lock
+        holder.wait()
+    lock = Outputs(Path(grid["out_dir"])).lock
+    messages = []
+    with R.grid_lock(lock, "the second runner", messages.append):
+        assert len(messages) == 1 and f"pid {holder.pid}" in messages[0] and "taking over" in messages[0]
+        with pytest.raises(R.LockHeldError, match="the second runner"):
+            with R.grid_lock(lock, "a third runner"):
+                pass
+    with R.grid_lock(lock, "after a clean release", messages.append):
+        assert len(messages) == 1, "a released lock is no stale lock"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--res", "512"], "res=512 is not an input size of profile 'demo'"),
+    (["--folds", "7"], "fold=7 is out of range"),
+    (["-p", "epoch", "1"], "has no parameter epoch (did you mean epochs?)"),
+    (["-p", "fold", "1"], "use --folds"),
+    (["-p", "epochs", "many"], "train.epochs"),
+    (["--gpus", "9"], "visible: 5,6"),
+    (["--parallel", "0"], "--parallel must be at least 1"),
+])
+def test_bad_arguments_are_refused_with_a_clear_message(grid, monkeypatch, capsys, args, message):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,6")
+    assert R.main(cli(grid, *args)) == R.EXIT_USAGE
+    assert message in capsys.readouterr().err
+    assert not Path(grid["out_dir"]).exists(), "nothing ran, not even the lock"

@@ -11,59 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from iqa_lib.checkpoint import CheckpointError, safe_torch_load
 from iqa_lib.infer import load_model, predict
-from iqa_lib.params import load_params, model_config
+from iqa_lib.config import load_config
+from iqa_lib.infer import model_config
 from iqa_lib.train import DivergenceError, EpochBatches, fit
-
-TIMING = ["train_seconds", "train_images_per_s"]
-
-
-def make_exposure_data(root: Path, n_train=100, n_test=12, seed=0) -> Path:
-    """Textured scenes darkened by an exposure factor; MOS rises with exposure (0-10 scale).
-
-    A quality signal a small model learns from scratch in a few epochs.
-    """
-    rng = np.random.default_rng(seed)
-    for split in ("train", "test"):
-        (root / split).mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0:72, 0:96] / 72.0
-    rows, test_rows = [], []
-    for i in range(n_train + n_test):
-        split = "train" if i < n_train else "test"
-        base = 128 + 90 * np.sin(xx * rng.uniform(2, 9) + yy * rng.uniform(2, 9))[..., None] * rng.uniform(0.5, 1, 3)
-        exposure = rng.uniform(0.15, 1.0)
-        img = np.clip(base * exposure + rng.normal(0, 4, base.shape), 0, 255).astype(np.uint8)
-        name = f"img{i:04d}"
-        Image.fromarray(img).save(root / split / f"{name}.jpg", quality=95)
-        if split == "train":
-            mos = round(1 + 8 * (exposure - 0.15) / 0.85, 4)
-            rows += [dict(img_name=name, img_path=f"./train/{name}.jpg", mos=mos, comments=c) for c in ("a", "b")]
-        else:
-            test_rows.append(dict(img_name=name, img_path=f"./test/{name}.jpg"))
-    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
-    pd.DataFrame(test_rows).to_csv(root / "test.csv", index=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def exposure_data(tmp_path_factory):
-    return make_exposure_data(tmp_path_factory.mktemp("exposure"))
-
-
-def tiny_params(data_dir, out_dir, res=384, fold=0, **overrides):
-    """The demo profile (a narrow ViT, 64-192 px) with test-sized epochs."""
-    ov = {"data_dir": str(data_dir), "out_dir": str(out_dir), "train.epochs": 3, "train.patience": 10,
-          "train.num_workers": 0, "train.batch_size": 8, "train.deterministic": True}
-    ov.update(overrides)
-    return load_params(res, fold, profile="demo", overrides=ov)
-
-
-def metrics_of(run_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(run_dir / "metrics.csv").drop(columns=TIMING)
-
+from conftest import make_exposure_data, metrics_of, tiny_params
 
 # -- learning ------------------------------------------------------------------------------
 def test_learns_a_learnable_signal(exposure_data, tmp_path):
@@ -104,29 +58,26 @@ def test_deterministic_runs_are_bit_identical(exposure_data, tmp_path):
 # -- resume after a real kill ------------------------------------------------------------------
 FIT_SCRIPT = """
 import json, sys
-from iqa_lib.params import load_params
+from iqa_lib.config import load_config
 from iqa_lib.train import fit
-fit(load_params(448, 0, profile="demo", overrides=json.loads(sys.argv[1])), progress=False)
+fit(load_config("demo", 128, 0, json.loads(sys.argv[1])), progress=False)
 """
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(exposure_data, tmp_path):
     ov = {"data_dir": str(exposure_data), "train.epochs": 3, "train.batch_size": 8, "train.num_workers": 0,
           "train.deterministic": True, "train.save_every_steps": 3, "train.patience": 10}
-    reference = fit(load_params(448, 0, profile="demo", overrides={**ov, "out_dir": str(tmp_path / "ref")}), progress=False)
+    reference = fit(load_config("demo", 128, 0, {**ov, "out_dir": str(tmp_path / "ref")}), progress=False)
 
     out = tmp_path / "killed"
     args = [sys.executable, "-c", FIT_SCRIPT, json.dumps({**ov, "out_dir": str(out)})]
-    last = out / "runs" / "448_fold0" / "last.pt"
+    last = out / "runs" / "128_fold0" / "last.pt"
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # Kill as soon as a mid-epoch state exists past the first epoch: the run is mid-flight.
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if last.is_file():
-            try:
-                state = safe_torch_load(last)
-            except CheckpointError:  # caught between write and rename: impossible by design
-                raise
+            state = safe_torch_load(last)  # never torn: written to a temp file, then renamed
             if state["epoch"] >= 1 and state["batch_in_epoch"] > 0:
                 break
         time.sleep(0.05)
@@ -135,9 +86,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(exposure_data, tmp_path)
     proc.wait()
     killed_at = safe_torch_load(last)
     assert killed_at["epoch"] < 3
-    assert json.loads((out / "runs" / "448_fold0" / "manifest.json").read_text())["status"] == "running"
+    assert json.loads((out / "runs" / "128_fold0" / "manifest.json").read_text())["status"] == "running"
 
-    resumed = fit(load_params(448, 0, profile="demo", overrides={**ov, "out_dir": str(out)}), progress=False)
+    resumed = fit(load_config("demo", 128, 0, {**ov, "out_dir": str(out)}), progress=False)
     assert resumed.status == "completed"
     pd.testing.assert_frame_equal(metrics_of(reference.run_dir), metrics_of(resumed.run_dir), check_exact=True)
     # no temp file was left under a final name, and the final checkpoint loads
@@ -188,7 +139,7 @@ def test_nan_loss_stops_with_a_clear_message(exposure_data, tmp_path, monkeypatc
     monkeypatch.setattr(T.F, "mse_loss", poisoned)
     with pytest.raises(DivergenceError, match="NaN/inf at epoch 0.*Lower optim.lr"):
         fit(params, progress=False)
-    run = tmp_path / "runs" / "384_fold0"
+    run = tmp_path / "runs" / "64_fold0"
     assert not (run / "384_fold0.ckpt").exists()  # nothing from the diverged epoch was saved
     assert json.loads((run / "manifest.json").read_text())["status"] == "failed"
 
@@ -223,7 +174,7 @@ def test_tta_is_the_mean_over_the_flips(exposure_data, trained):
 
 
 def test_checkpoint_of_another_variant_is_refused(exposure_data, trained):
-    other = model_config(load_params(640, 0, profile="demo"))
+    other = model_config(load_config("demo", 192, 0))
     with pytest.raises(CheckpointError, match=r"holds a 64px .* but a 192px .* was asked for"):
         predict(trained.checkpoint, exposure_data, expect=other, progress=False)
 
@@ -251,3 +202,24 @@ def test_loading_never_runs_code_from_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="would run code"):
         load_model(evil)
     assert not marker.exists()
+
+
+def test_fit_and_the_notebooks_resolve_one_mos_scale(tmp_path):
+    """A folder that iqa_lib.datasets.prepare wrote records its MOS scale in dataset.json: the
+    trainer (through load_config) and the notebooks (run_config) both take it over the profile's."""
+    from iqa_lib.config import load_config
+    from iqa_lib.notebook import run_config
+
+    data = make_exposure_data(tmp_path / "data", n_train=30, n_test=2)
+    train = pd.read_csv(data / "train.csv")
+    train["mos"] *= 10  # MOS on 0-100, as CLIVE
+    train.to_csv(data / "train.csv", index=False)
+    (data / "dataset.json").write_text('{"dataset": "exposure", "mos_scale": 100.0}')
+    cfg = load_config("demo", 64, 0, {"train.epochs": 1, "train.num_workers": 0},
+                      data_dir=str(data), out_dir=str(tmp_path / "out"))
+    notebook_cfg = run_config("demo", 64, 0, data_dir=str(data), out_dir=str(tmp_path / "out"))
+    assert cfg.mos_scale == notebook_cfg.mos_scale == 100.0  # the profile says 10
+    result = fit(cfg, progress=False)
+    assert safe_torch_load(result.checkpoint)["mos_scale"] == 100.0
+    assert json.loads(cfg.run.manifest.read_text())["config"]["mos_scale"] == 100.0
+    assert predict(result.checkpoint, data, progress=False)["mos"].between(0, 100).all()

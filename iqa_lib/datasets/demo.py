@@ -17,7 +17,7 @@ Layout written under ``dest`` (the same as the challenge's, SPEC §1, plus two e
     README.md               what this folder is
     train/*.jpg, test/*.jpg
 
-Command line: ``python -m iqa_lib.demo_data DEST [--n-train N] [--n-test N] [--seed S] [--overwrite]``.
+Command line: ``python -m iqa_lib.datasets.demo DEST [--n-train N] [--n-test N] [--seed S] [--overwrite]``.
 """
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
+
+from .cli import check_dest, remove_written, run_command
 
 Size = tuple[int, int]  # (width, height), PIL's order
 
@@ -318,24 +320,12 @@ def _check_args(n_train: int, n_test: int, sizes: Sequence[Size]) -> list[Size]:
 
 def _prepare_dest(dest: Path, overwrite: bool) -> None:
     """Refuse a non-empty folder unless overwrite; then remove only what a previous run wrote."""
-    if dest.exists() and not dest.is_dir():
-        raise NotADirectoryError(f"dest '{dest}' is a file: pass a folder path for the demo data.")
-    if dest.is_dir() and any(dest.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"dest '{dest}' already exists and is not empty: choose another folder, or pass "
-                f"overwrite=True (CLI: --overwrite) to replace the demo files there (other files are kept)."
-            )
-        old = dest / MANIFEST
-        if old.is_file():  # images of the previous demo: its manifest names them
-            prev = pd.read_csv(old, usecols=["img_path"])
-            for rel in prev["img_path"]:
-                path = (dest / rel).resolve()
-                # Only our own kind of file, in our own sub-folders: a tampered manifest deletes nothing else.
-                if path.parent.parent == dest.resolve() and path.parent.name in ("train", "test") and path.suffix == ".jpg":
-                    path.unlink(missing_ok=True)
-        for name in TOP_FILES:
-            (dest / name).unlink(missing_ok=True)
+    check_dest(dest, overwrite, "dest", holds="path for the demo data",
+               replaces="the demo files there (other files are kept)")
+    if dest.is_dir():
+        # The previous demo's images (its manifest names them: only .jpg files in train/ and
+        # test/ go), then its top-level files.
+        remove_written(dest, (MANIFEST,), TOP_FILES, suffix=".jpg")
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "train").mkdir(exist_ok=True)
     (dest / "test").mkdir(exist_ok=True)
@@ -390,7 +380,7 @@ def _tables(rng: np.random.Generator, items: list[DemoImage]) -> dict[str, pd.Da
 
 README_TEXT = """# Demo data (synthetic)
 
-Made by `python -m iqa_lib.demo_data` (seed {seed}): {n_train} training and {n_test} test images in
+Made by `python -m iqa_lib.datasets.demo` (seed {seed}): {n_train} training and {n_test} test images in
 the layout of the 2023 Samsung AI Challenge (IQA), for trying the kit without the real data.
 Nothing here was downloaded and nothing here was rated by people.
 
@@ -406,7 +396,7 @@ Nothing here was downloaded and nothing here was rated by people.
   challenge. `test_labels.csv` holds the test MOS (the real challenge hides it) so the demo's
   submission can be scored; `demo_manifest.csv` lists each image's source and distortions.
 
-Regenerate with `python -m iqa_lib.demo_data DEST --seed {seed} --overwrite` (same seed, same bytes).
+Regenerate with `python -m iqa_lib.datasets.demo DEST --seed {seed} --overwrite` (same seed, same bytes).
 """
 
 
@@ -456,7 +446,7 @@ def make_demo_data(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m iqa_lib.demo_data",
+        prog="python -m iqa_lib.datasets.demo",
         description="Write a small synthetic IQA data set in the 2023 Samsung AI Challenge layout.",
     )
     parser.add_argument("dest", help="folder to create, e.g. data/demo")
@@ -466,10 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace the demo files of an earlier run in DEST")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    try:
-        dest = make_demo_data(args.dest, args.n_train, args.n_test, args.seed, overwrite=args.overwrite)
-    except (FileExistsError, NotADirectoryError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    dest = run_command(lambda: make_demo_data(args.dest, args.n_train, args.n_test, args.seed, overwrite=args.overwrite))
+    if dest is None:
         return 2
     print(f"wrote {args.n_train} train + {args.n_test} test images to {dest} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -1,0 +1,474 @@
+"""A run's parameters, resolved in one place: `load_config(profile, res, fold, **overrides)`.
+
+The layers, later ones winning::
+
+    params/base.yaml                 the team's recipe (SPEC §4), every key commented: the defaults
+    params/{res}.yaml                per-resolution values (the slides' batch sizes), if the file exists
+    params/{profile}.yaml            a profile's top level (demo.yaml: a small model for a CPU)
+    params/{profile}.yaml resolutions[res]
+    {data_dir}/dataset.json          mos_scale of a folder that `iqa_lib.datasets.prepare` wrote
+    overrides                        notebook parameters, `-p` of the grid runner, tests
+
+The schema below gives each key its type and limits (pydantic); base.yaml gives its value. A key
+that base.yaml lacks, a wrong type or an out-of-range value fails here, naming the key, the file
+it came from and what to write instead. Relative `data_dir`, `out_dir` and `model.weights_file`
+are taken from the repository root, so a notebook run by JupyterLab (cwd `notebooks/`) and by
+papermill (cwd the root) reads and writes the same folders.
+
+Every path a run writes is named once, by `Outputs` (`cfg.outputs.run(res, fold).checkpoint`).
+This module imports nothing of torch: a parameter typo fails in a notebook's first seconds.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import numbers
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping, Optional, get_args
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_ENV = "IQA_PARAMS_DIR"  # another folder of YAML files than the repository's params/
+DEFAULT_PROFILE = "team"
+
+# The choice lists, each written once (data, training and inference import them from here).
+Precision = Literal["bf16", "fp16", "fp32"]
+Device = Literal["auto", "cuda", "cpu"]
+Flip = Literal["vertical", "horizontal", "none"]
+CheckImages = Literal["none", "open", "decode"]
+PRECISIONS, DEVICES, FLIPS, CHECK_MODES = (get_args(t) for t in (Precision, Device, Flip, CheckImages))
+
+# Notebook parameter -> the keys it sets (a notebook cannot name `train.epochs`).
+SHORTCUTS: dict[str, tuple[str, ...]] = {
+    "data_dir": ("data_dir",), "out_dir": ("out_dir",), "n_folds": ("n_folds",),
+    "epochs": ("train.epochs",), "batch_size": ("train.batch_size",), "precision": ("train.precision",),
+    "max_steps": ("train.max_steps",), "devices": ("train.devices",), "compile": ("train.compile",),
+    "num_workers": ("train.num_workers",), "lr": ("optim.lr", "schedule.max_lr"),
+    "weights_file": ("model.weights_file",), "pretrained": ("model.pretrained",),
+}
+PATH_KEYS = ("data_dir", "out_dir", "model.weights_file")
+
+
+class ConfigError(ValueError):
+    """A parameter file, argument or override is invalid; the message says how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------
+# the schema: types and limits (the values are base.yaml's)
+# --------------------------------------------------------------------------------------------
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a number is needed, not true/false")
+    return value
+
+
+def _path_text(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Count = Annotated[int, BeforeValidator(_not_bool), Field(gt=0)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+Rate = Annotated[float, BeforeValidator(_not_bool), Field(ge=0)]
+PathText = Annotated[str, BeforeValidator(_path_text)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelParams(Section):
+    pretrained: bool
+    weights_file: Optional[PathText]
+    img_size: Optional[Count]
+    load_size: Optional[Count]
+    crop_grid: Count
+    backbone: str
+    head_hidden: Count
+    head_dropout: Rate
+    drop_rate: Rate
+    drop_path_rate: Rate
+    vit_kwargs: dict[str, Any]
+    patch_size: Count
+    embed_dim: Count
+
+
+class OptimParams(Section):
+    lr: Rate
+    weight_decay: Rate
+
+
+class ScheduleParams(Section):
+    first_cycle_steps: Count
+    cycle_mult: Annotated[float, Field(gt=0)]
+    max_lr: Rate
+    min_lr: Rate
+    warmup_steps: Annotated[Int, Field(ge=0)]
+    gamma: Rate
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.warmup_steps >= self.first_cycle_steps:
+            raise ValueError(f"schedule.warmup_steps ({self.warmup_steps}) must be smaller than "
+                             f"schedule.first_cycle_steps ({self.first_cycle_steps}): shorten the warm-up or lengthen the cycle")
+        if self.min_lr > self.max_lr:
+            raise ValueError(f"schedule.min_lr ({self.min_lr}) must not exceed schedule.max_lr ({self.max_lr})")
+        return self
+
+
+class TrainParams(Section):
+    batch_size: Count
+    epochs: Count
+    max_steps: Optional[Count]
+    patience: Count
+    precision: Precision
+    compile: bool
+    flip: Flip
+    num_workers: Annotated[Int, Field(ge=0)]
+    cache: bool
+    deterministic: bool
+    val_batch_size: Count
+    grad_accum: Count
+    device: Device
+    devices: Count
+    save_every_steps: Optional[Count]
+    check_images: CheckImages
+
+
+class InferParams(Section):
+    batch_size: Count
+    tta: bool
+
+
+class Config(Section):
+    """One run's parameters: `cfg.train.batch_size`; `cfg.to_dict()` for the manifest."""
+
+    res: Int
+    fold: Int
+    profile: str
+    data_dir: PathText
+    out_dir: PathText
+    mos_scale: Annotated[float, BeforeValidator(_not_bool), Field(gt=0)]
+    n_folds: Annotated[Int, Field(ge=2)]
+    seed: Int
+    model: ModelParams
+    optim: OptimParams
+    schedule: ScheduleParams
+    train: TrainParams
+    infer: InferParams
+
+    @model_validator(mode="after")
+    def _run(self):
+        if not 0 <= self.fold < self.n_folds:
+            raise ValueError(f"fold={self.fold} is out of range: n_folds is {self.n_folds}, so use 0..{self.n_folds - 1}")
+        m = self.model
+        if m.img_size is None:
+            m.img_size = self.res
+        if m.load_size is None:
+            m.load_size = m.img_size
+        if m.load_size < m.img_size:
+            raise ValueError(f"model.load_size ({m.load_size}) is smaller than model.img_size ({m.img_size}): crops are "
+                             f"cut from the stored image, so use load_size >= img_size (or null for whole images)")
+        return self
+
+    @property
+    def outputs(self) -> "Outputs":
+        return Outputs(Path(self.out_dir))
+
+    @property
+    def run(self) -> "RunFiles":
+        """The files of this run (`{out_dir}/runs/{res}_fold{k}/...`)."""
+        return self.outputs.run(self.res, self.fold)
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------------------------
+# the output layout: every path a step writes, named once
+# --------------------------------------------------------------------------------------------
+def run_name(res: int, fold: int) -> str:
+    """'448_fold2': the name of one run, its folder, checkpoint and prediction file."""
+    return f"{res}_fold{fold}"
+
+
+class RunFiles:
+    """The files of one run, `{out_dir}/runs/{res}_fold{k}/`."""
+
+    def __init__(self, runs_dir: Path, name: str):
+        self.name = name
+        self.dir = Path(runs_dir) / name
+        self.checkpoint = self.dir / f"{name}.ckpt"  # the best weights (checkpoint.py)
+        self.last = self.dir / "last.pt"  # everything needed to resume
+        self.metrics = self.dir / "metrics.csv"  # one row per epoch
+        self.oof = self.dir / "oof.csv"  # the best epoch's validation predictions
+        self.manifest = self.dir / "manifest.json"  # config, environment, status, best metrics
+        self.notebook = self.dir / "03_train.ipynb"  # the executed training notebook
+
+    def __repr__(self) -> str:
+        return f"RunFiles({self.dir})"
+
+
+class Outputs:
+    """Every path the steps write under `out_dir` (outputs/README.md shows the layout)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.folds = self.root / "folds.csv"  # 02_folds
+        self.cache = self.root / "cache"  # pre-resized images (data.ImageStore)
+        self.runs = self.root / "runs"  # 03_train: one RunFiles folder per run
+        self.preds = self.root / "preds"  # 04_infer: {res}_fold{k}.csv
+        self.submission = self.root / "submission.csv"  # 05_ensemble
+        self.eda = self.root / "eda"  # 01_eda's figures
+        self.notebooks = self.root / "notebooks"  # the grid runner's executed 01, 02, 04, 05
+        self.lock = self.root / ".run_all.lock"  # held by a running grid runner
+
+    def run(self, res: int, fold: int) -> RunFiles:
+        return RunFiles(self.runs, run_name(res, fold))
+
+    def prediction(self, name: str) -> Path:
+        return self.preds / f"{name}.csv"
+
+    def __repr__(self) -> str:
+        return f"Outputs({self.root})"
+
+
+# --------------------------------------------------------------------------------------------
+# files and profiles
+# --------------------------------------------------------------------------------------------
+def repo_root() -> Path:
+    """The folder holding `params/` and `iqa_lib/`."""
+    return Path(__file__).resolve().parents[1]
+
+
+def resolve_path(p: str | os.PathLike) -> Path:
+    """`p` made absolute; a relative path is taken from the repository root, not the cwd."""
+    path = Path(p).expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else repo_root() / path))
+
+
+def params_dir(path: str | os.PathLike | None = None) -> Path:
+    """The YAML folder: `path`, else $IQA_PARAMS_DIR, else the repository's params/."""
+    source = "params_dir" if path is not None else (f"${PARAMS_ENV}" if os.environ.get(PARAMS_ENV) else None)
+    folder = Path(path if path is not None else os.environ.get(PARAMS_ENV) or repo_root() / "params")
+    if not (folder / "base.yaml").is_file():
+        raise ConfigError(f"no base.yaml in '{folder}'" + (f" (from {source})" if source else "")
+                          + f": point params_dir or ${PARAMS_ENV} at the kit's params/ folder.")
+    return folder
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"'{path}' is not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{path}' must hold a mapping of parameters (key: value), got {type(data).__name__}.")
+    return data
+
+
+def list_profiles(folder: str | os.PathLike | None = None) -> list[str]:
+    """Every params/*.yaml but base.yaml and the {res}.yaml files."""
+    folder = params_dir(folder)
+    return sorted(p.stem for p in folder.glob("*.yaml") if p.stem != "base" and not p.stem.isdigit())
+
+
+def _read_profile(profile: str, folder: Path) -> tuple[dict, dict[int, dict], Path]:
+    """(top-level values, {res: values}, file) of a profile."""
+    name = profile[:-5] if isinstance(profile, str) and profile.endswith(".yaml") else profile
+    path = folder / f"{name}.yaml"
+    if not isinstance(name, str) or name not in list_profiles(folder):
+        raise ConfigError(f"unknown profile {profile!r}: choose one of {', '.join(list_profiles(folder))} "
+                          f"(the files in '{folder}').")
+    data = read_yaml(path)
+    resolutions = data.pop("resolutions", None)
+    if not isinstance(resolutions, dict) or not resolutions:
+        raise ConfigError(f"'{path}' needs a `resolutions:` mapping of the input sizes it trains at, e.g. "
+                          f"`resolutions: {{384: {{}}, 448: {{}}, 640: {{}}}}`.")
+    per_res = {}
+    for key, value in resolutions.items():
+        if isinstance(key, bool) or not str(key).isdigit():
+            raise ConfigError(f"resolution key {key!r} in '{path}' must be a whole number (the input size in pixels).")
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"resolutions.{key} in '{path}' must be a mapping of overrides (or {{}}), got {value!r}.")
+        per_res[int(key)] = value or {}
+    return data, per_res, path
+
+
+def profile_resolutions(profile: str = DEFAULT_PROFILE, folder: str | os.PathLike | None = None) -> list[int]:
+    """The input sizes a profile trains at, ascending (team: [384, 448, 640])."""
+    return sorted(_read_profile(profile, params_dir(folder))[1])
+
+
+def dataset_mos_scale(data_dir: str | os.PathLike) -> float | None:
+    """The MOS scale that `iqa_lib.datasets.prepare` recorded in `data_dir/dataset.json`, if any."""
+    path = Path(data_dir) / "dataset.json"
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text()).get("mos_scale")
+        return None if value is None else float(value)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ConfigError(f"'{path}' is not a readable dataset.json ({e}): rewrite it with "
+                          f"`python -m iqa_lib.datasets.prepare ... --overwrite`, or delete it to use the "
+                          f"profile's mos_scale.") from e
+
+
+# --------------------------------------------------------------------------------------------
+# merging the layers
+# --------------------------------------------------------------------------------------------
+def _schema_keys(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, type[BaseModel] | None]:
+    """Every dotted key of the schema -> its section model (None for a leaf)."""
+    keys: dict[str, type[BaseModel] | None] = {}
+    for name, field in model.model_fields.items():
+        sub = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        keys[prefix + name] = sub
+        if sub is not None:
+            keys.update(_schema_keys(sub, f"{prefix}{name}."))
+    return keys
+
+
+KEYS = _schema_keys()
+RUN_KEYS = ("res", "fold", "profile")  # set by load_config's arguments, never by a file
+
+
+def _unknown(key: str, source: str) -> ConfigError:
+    leaf = key.rsplit(".", 1)[-1]
+    # A right name in the wrong section ('epochs' for 'train.epochs') is the likeliest slip.
+    close = [k for k in KEYS if k.rsplit(".", 1)[-1] == leaf and k != key]
+    close = close or difflib.get_close_matches(key, list(KEYS), n=1, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    if key in RUN_KEYS:
+        hint = f" {key} is an argument of load_config, not a parameter."
+    return ConfigError(f"unknown parameter {key!r} (from {source}).{hint} The known keys are base.yaml's.")
+
+
+def _flat(layer: Mapping, source: str, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"epochs": 3}, "optim.lr": 1e-4} -> {"train.epochs": 3, "optim.lr": 1e-4}, checked."""
+    out = {}
+    for key, value in layer.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"parameter names must be text, got {key!r} under '{prefix or 'the top level'}' (from {source}).")
+        full = prefix + key
+        parent, _, sub = full.rpartition(".")
+        if parent == "model.vit_kwargs":  # a dotted key inside the free-form mapping
+            out[parent] = {**out.get(parent, {}), sub: copy.deepcopy(value)}
+            continue
+        if full not in KEYS or full in RUN_KEYS:
+            raise _unknown(full, source)
+        if KEYS[full] is not None:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{full} (from {source}) must be a mapping, got {type(value).__name__} {value!r}.")
+            out.update(_flat(value, source, full + "."))
+        else:
+            out[full] = copy.deepcopy(value)
+    return out
+
+
+def flatten(params: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"epochs": 3}} -> {"train.epochs": 3}; the free-form vit_kwargs stays one value."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping) and value and key != "vit_kwargs":
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _nest(flat: Mapping[str, Any]) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _explain(e: ValidationError, sources: Mapping[str, str]) -> ConfigError:
+    lines = []
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if key and key in KEYS and KEYS[key] is None:  # a leaf: name its value and where it came from
+            lines.append(f"{key} = {err.get('input')!r} (from {sources.get(key, 'base.yaml')}): {msg}")
+        else:  # a rule across keys: the message names them
+            lines.append(msg)
+    return ConfigError("invalid parameters:\n- " + "\n- ".join(lines))
+
+
+def load_config(
+    profile: str = DEFAULT_PROFILE,
+    res: int | None = None,
+    fold: int = 0,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    params_folder: str | os.PathLike | None = None,
+    **shortcuts: Any,
+) -> Config:
+    """The checked parameters of one run of `profile` (`res` None: its first input size).
+
+    `overrides` take dotted or nested keys ({"train.epochs": 3}); `shortcuts` are the notebook
+    parameters of SHORTCUTS (epochs=3, lr=1e-4, data_dir="data/demo"); None means "keep the
+    profile's value". Raises ConfigError (a ValueError) with the fix in its message.
+    """
+    folder = params_dir(params_folder)
+    top, per_res, profile_path = _read_profile(profile, folder)
+    sizes = ", ".join(map(str, sorted(per_res)))
+    if res is None:
+        res = min(per_res)
+    if isinstance(res, bool) or not isinstance(res, (numbers.Integral, str, float)) or not str(res).removesuffix(".0").isdigit():
+        raise ConfigError(f"res must be one of {sizes} (profile {profile_path.stem!r}), got {res!r}.")
+    res = int(float(res))
+    if res not in per_res:
+        raise ConfigError(f"res={res} is not an input size of profile {profile_path.stem!r} ('{profile_path}'): "
+                          f"choose one of {sizes}.")
+    unknown = sorted(set(shortcuts) - set(SHORTCUTS))
+    if unknown:
+        raise TypeError(f"load_config() got unknown parameter(s) {', '.join(unknown)} (known: {', '.join(SHORTCUTS)})")
+
+    layers = [(read_yaml(folder / "base.yaml"), "base.yaml")]
+    if (folder / f"{res}.yaml").is_file():
+        layers.append((read_yaml(folder / f"{res}.yaml"), f"{res}.yaml"))
+    layers += [(top, f"{profile_path.name}"), (per_res[res], f"{profile_path.name} resolutions.{res}")]
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ConfigError(f"overrides must be a dict such as {{'train.epochs': 3}}, got {type(overrides).__name__}.")
+    late = {k: v for k, v in (overrides or {}).items()}
+    late.update({key: value for name, value in shortcuts.items() if value is not None for key in SHORTCUTS[name]})
+
+    flat: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for layer, source in layers:
+        for key, value in _flat(layer, source).items():
+            if key == "model.vit_kwargs" and isinstance(value, dict):  # free-form: merged key by key
+                value = {**flat.get(key, {}), **value}
+            flat[key], sources[key] = value, source
+    for key in PATH_KEYS:
+        if isinstance(flat.get(key), (str, os.PathLike)):
+            flat[key] = str(resolve_path(flat[key]))
+    late_flat = _flat(late, "overrides")
+    for key in PATH_KEYS:
+        if isinstance(late_flat.get(key), (str, os.PathLike)):
+            late_flat[key] = str(resolve_path(late_flat[key]))
+    data_dir = late_flat.get("data_dir", flat["data_dir"])
+    recorded = dataset_mos_scale(data_dir) if isinstance(data_dir, str) else None
+    if recorded is not None:  # a prepared folder knows its own scale (CLIVE 0-100, KonIQ 1-5)
+        flat["mos_scale"], sources["mos_scale"] = recorded, f"{data_dir}/dataset.json"
+    for key, value in late_flat.items():
+        if key == "model.vit_kwargs" and isinstance(value, dict):
+            value = {**flat.get(key, {}), **value}
+        flat[key], sources[key] = value, "overrides"
+
+    flat.update(res=res, fold=fold, profile=profile_path.stem)
+    sources.update(res="the res argument", fold="the fold argument")
+    try:
+        return Config.model_validate(_nest(flat))
+    except ValidationError as e:
+        raise _explain(e, sources) from None
