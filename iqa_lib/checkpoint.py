@@ -53,6 +53,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def check_writable(folder: str | os.PathLike, name: str, fix: str) -> Path:
+    """`folder`, made if missing, or an OSError that says it cannot be written and what to do."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise OSError(e.errno, f"{name} '{folder}' is not writable ({e.strerror or e}): {fix}.") from None
+    return folder
+
+
+def _first_sentence(e: BaseException, limit: int = 300) -> str:
+    """An exception's text up to its first sentence's end (torch's run long), never cut mid-word."""
+    text = " ".join(str(e).split())
+    for end in (". ", ".\n"):
+        if end in text[:limit]:
+            return text[: text.index(end) + 1]
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
 def remove_stale_temp_files(folder: str | os.PathLike) -> None:
     """Temp files a killed writer left behind (they never carry a final name)."""
     for f in Path(folder).glob(f".*{TMP_SUFFIX}"):
@@ -98,7 +119,7 @@ def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint") -> dict:
         ) from e
     except Exception as e:  # torn zip, legacy-pickle garbage (KeyError), text, ...: all "unreadable"
         raise CheckpointError(
-            f"{what} '{path}' is not a readable PyTorch file ({type(e).__name__}: {str(e)[:200]}). "
+            f"{what} '{path}' is not a readable PyTorch file ({type(e).__name__}: {_first_sentence(e)}). "
             f"It may be truncated (an interrupted copy or write) or not a checkpoint at all."
         ) from e
     if not isinstance(obj, dict):

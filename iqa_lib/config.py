@@ -207,6 +207,7 @@ class RunFiles:
         self.oof = self.dir / "oof.csv"  # the best epoch's validation predictions
         self.manifest = self.dir / "manifest.json"  # config, environment, status, best metrics
         self.notebook = self.dir / "03_train.ipynb"  # the executed training notebook
+        self.lock = self.dir / ".lock"  # held while a process trains the run (iqa_lib.lock)
 
     def __repr__(self) -> str:
         return f"RunFiles({self.dir})"
@@ -222,6 +223,8 @@ class Outputs:
         self.runs = self.root / "runs"  # 03_train: one RunFiles folder per run
         self.preds = self.root / "preds"  # 04_infer: {res}_fold{k}.csv
         self.submission = self.root / "submission.csv"  # 05_ensemble
+        self.submission_runs = self.root / "submission.runs.json"  # the runs the submission combines
+        self.submission_prev = self.root / "submission.prev.csv"  # kept when a new one combines fewer runs
         self.eda = self.root / "eda"  # 01_eda's figures
         self.notebooks = self.root / "notebooks"  # the grid runner's executed 01, 02, 04, 05
         self.lock = self.root / ".run_all.lock"  # held by a running grid runner

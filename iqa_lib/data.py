@@ -59,13 +59,28 @@ from filelock import FileLock
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, check_writable
 from .config import CHECK_MODES, FLIPS
 
 MAX_LISTED = 20  # problems listed per kind in a DataError; the rest are counted
+PIXELS_ENV = "IQA_MAX_IMAGE_PIXELS"  # Pillow's decompression-bomb limit: a pixel count, or 0 for none
 BACKENDS = ("pil", "cv2")
 CACHE_FORMAT = 1  # bump when the cache's bytes or index change meaning
 _MP_CONTEXT: str | None = None  # multiprocessing start method for cache builds; None = platform default
+
+
+def _pixel_limit_from_env() -> None:
+    """Raise (or lift) Pillow's image-size limit from $IQA_MAX_IMAGE_PIXELS: it reaches a notebook's
+    kernel, the grid runner's children and the loader's workers alike, where no code of yours runs."""
+    value = os.environ.get(PIXELS_ENV, "").strip()
+    if not value:
+        return
+    if not value.isdigit():
+        raise ValueError(f"${PIXELS_ENV}={value!r}: write a whole number of pixels, or 0 for no limit.")
+    Image.MAX_IMAGE_PIXELS = int(value) or None
+
+
+_pixel_limit_from_env()
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,6 +137,7 @@ def load_table(
     mos_scale: float = 10.0,
     check_images: str = "open",
     progress: bool = True,
+    errors: str = "raise",
 ) -> pd.DataFrame:
     """Read `data_dir/csv_name` (competition layout) and check it and its images.
 
@@ -136,6 +152,9 @@ def load_table(
             empty, non-image and bad-header files, fast); "decode" (full decode: also
             catches truncated files, slow).
         progress: show a progress bar while checking images.
+        errors: "raise" (every problem in one DataError) or "drop": leave out the rows that
+            have a problem and list the problems in `table.attrs["problems"]` (01_eda shows the
+            good rows); a problem with the header still raises.
 
     Returns:
         Every data row (caption rows included) as strings, `mos` as float64 when
@@ -147,6 +166,8 @@ def load_table(
     """
     if check_images not in CHECK_MODES:
         raise ValueError(f"check_images must be one of {CHECK_MODES}, got {check_images!r}")
+    if errors not in ("raise", "drop"):
+        raise ValueError(f"errors must be 'raise' or 'drop', got {errors!r}")
     if isinstance(mos_scale, bool) or not isinstance(mos_scale, numbers.Real) or not 0 < mos_scale < math.inf:
         raise ValueError(f"mos_scale must be a positive number (10 for the challenge, 100 for CLIVE), "
                          f"got {mos_scale!r}")
@@ -188,8 +209,18 @@ def load_table(
             problems += _conflicts(df, lines, csv_path.name, "mos", "mos")
     if "path" in df and check_images != "none":
         problems += _check_images(df["path"], check_images, progress)
-    if problems:
+    whole_table = any(p.where == f"{csv_path.name} line 1" for p in problems)  # a header problem
+    if problems and (errors == "raise" or whole_table):
         raise DataError(problems, f"{csv_path} (data_dir={root})")
+    if problems:  # errors="drop": keep the rows that no problem names, and say what was dropped
+        bad = {p.where for p in problems}  # CSV lines, or image paths
+        clash = set()
+        for col in ("path", "mos") if labelled else ("path",):
+            values = df[df["img_name"] != ""].groupby("img_name")[col].nunique()
+            clash |= set(values.index[values > 1])
+        keep = ~pd.Series(where).isin(bad).to_numpy() & ~df["path"].isin(bad) & ~df["img_name"].isin(clash)
+        df = df[keep].reset_index(drop=True)
+        df.attrs["problems"] = problems
     return df
 
 
@@ -410,8 +441,9 @@ def _unreadable_problem(path: str, e: Exception) -> Problem:
 
 def _bomb_problem(path: str, e: Exception) -> Problem:
     return Problem("image above Pillow's size limit", path, str(e),
-                   "if the file is trusted, set PIL.Image.MAX_IMAGE_PIXELS = None (or a larger pixel count) "
-                   "before loading; ImageStore passes it on to its worker processes")
+                   f"if the file is trusted, raise the limit with the environment variable {PIXELS_ENV} (a pixel "
+                   f"count, or 0 for none), e.g. `{PIXELS_ENV}=400000000 papermill ...` or `{PIXELS_ENV}=0 python -m "
+                   f"iqa_lib.run_all ...`; in Python, set PIL.Image.MAX_IMAGE_PIXELS before loading")
 
 
 # --------------------------------------------------------------------------------------------
@@ -647,7 +679,8 @@ def _build_cache(folder: Path, paths: list[str], size: int, backend: str, num_wo
     the whole cache is rebuilt. Rows that failed to decode get a null fingerprint, so the
     next open retries just those.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    check_writable(folder, "the image cache folder", "make out_dir writable, pass another out_dir (-p out_dir ...), "
+                   "or set train.cache: false to decode the images every epoch instead")
     images_file, flag = folder / "images.u8", folder / "complete"
     shape = (len(paths), size, size, 3)
     meta = {"format": CACHE_FORMAT, "size": size, "backend": backend}

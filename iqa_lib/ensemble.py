@@ -8,6 +8,7 @@ and averages the rest. Here that is one vectorised pass over an
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -224,6 +225,26 @@ def write_submission(
     sub = pd.DataFrame({"img_name": names, "mos": values, "comments": comments})
 
     atomic_write_text(path, sub.to_csv(index=False))
+
+
+def save_submission(outputs: Outputs, img_names_in_test_order: Sequence[str], mos: Any,
+                    runs: Sequence[str]) -> Path:
+    """`write_submission` to `outputs.submission`, recording which runs it combines. When the
+    submission in place combined more runs (or is of unknown make), it is kept first as
+    `submission.prev.csv`: a grid that lost some predictions never silently replaces a fuller one."""
+    old = None
+    if outputs.submission_runs.is_file():
+        try:
+            old = json.loads(outputs.submission_runs.read_text())
+        except ValueError:
+            old = None
+    if outputs.submission.is_file() and (old is None or len(runs) < len(old)):
+        atomic_write_text(outputs.submission_prev, outputs.submission.read_text())
+        print(f"kept the previous submission ({len(old) if old else 'an unknown number of'} runs) as "
+              f"{outputs.submission_prev}: this one combines {len(runs)}.")
+    write_submission(img_names_in_test_order, mos, outputs.submission)
+    atomic_write_text(outputs.submission_runs, json.dumps(sorted(runs)) + "\n")
+    return outputs.submission
 
 
 def validate_submission(

@@ -24,6 +24,8 @@ the result is exactly the plain recipe's.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -31,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .checkpoint import atomic_write_text
+from .config import Outputs
 
 
 def make_folds(
@@ -180,3 +183,48 @@ def write_folds(folds: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Path, 
     changed = path.is_file() and path.read_text() != text
     atomic_write_text(path, text)
     return path, changed
+
+
+# --------------------------------------------------------------------------------------------
+# which split a run was trained on
+# --------------------------------------------------------------------------------------------
+def split_fingerprint(folds: pd.DataFrame) -> str:
+    """A short hash of a split: every image's name, MOS and fold. A run records the one it was
+    trained on (its training and validation rows), so a changed MOS, image or fold shows."""
+    rows = folds[["img_name", "mos", "fold"]].astype({"img_name": str, "mos": float, "fold": int})
+    text = rows.sort_values("img_name").to_csv(index=False, float_format="%.9g")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def current_split(outputs: Outputs) -> str | None:
+    """The fingerprint of `folds.csv` as it is now (None when there is none, or it is not one)."""
+    try:
+        return split_fingerprint(pd.read_csv(outputs.folds, dtype={"img_name": str}))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def recorded_split(outputs: Outputs, name: str) -> str | None:
+    """The split fingerprint a run's manifest records (None: no manifest, or a run from before)."""
+    try:
+        return json.loads(outputs.run(*map(int, name.split("_fold"))).manifest.read_text()).get("split")
+    except (OSError, ValueError):
+        return None
+
+
+def stale_runs(outputs: Outputs, names: list[str]) -> list[str]:
+    """The runs among `names` that were trained on another split than today's folds.csv."""
+    recorded = {name: recorded_split(outputs, name) for name in names}
+    if not any(recorded.values()):
+        return []
+    now = current_split(outputs)
+    return [name for name, split in recorded.items() if split is not None and now is not None and split != now]
+
+
+def stale_message(names: list[str], outputs: Outputs) -> str:
+    """What to do about runs trained on another split: the two ways out."""
+    return (f"{len(names)} run(s) in {outputs.runs} were trained on another split or other data than "
+            f"{outputs.folds} describes now (train.csv changed since): {', '.join(names)}. Their checkpoints, "
+            f"out-of-fold and test predictions would be mixed with the new split. Retrain them "
+            f"(fit(cfg, force=True), or python -m iqa_lib.run_all --force), or restore the data they were "
+            f"trained on (and folds.csv with it).")

@@ -115,6 +115,12 @@ def create_backbone(cfg: MANIQAConfig, pretrained: bool, weights_file: str | os.
         try:
             return timm.create_model(cfg.backbone, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
         except Exception as e:
+            if "weights_only" in str(e) or "GLOBAL" in str(e):  # torch's safe unpickler refused it
+                raise PretrainedWeightsError(
+                    f"weights_file '{path}' contains Python objects that would run code when loaded, so it was "
+                    f"not loaded. Use the .safetensors file of '{cfg.backbone}', or, if you trust this file, "
+                    f"re-save its state_dict (`torch.save(model.state_dict(), path)`) and pass that."
+                ) from None
             raise PretrainedWeightsError(
                 f"weights_file '{path}' could not be loaded into '{cfg.backbone}' ({type(e).__name__}: {e}). "
                 f"It must hold the timm '{cfg.backbone}' weights."

@@ -185,21 +185,34 @@ def find_checkpoints(cfg: Config, resolutions: Sequence[int], runs: str = "all")
     return present
 
 
-def prediction_files(cfg: Config, runs: str = "all") -> list[Path]:
-    """The runs' test predictions (04_infer's files), or a ParameterError saying how to make them."""
+def prediction_files(cfg: Config, resolutions: Sequence[int], runs: str = "all") -> list[Path]:
+    """The runs' test predictions (04_infer's files) to combine, checked: each run's split is
+    today's (else a ParameterError names the runs and what to do), and with runs="all" every
+    trained run has its predictions (a warning names those without, and how to make them)."""
     out = cfg.outputs
     extra = f" -p profile {cfg.profile}" if cfg.profile != "team" else ""
-    how = (f"predict the test set first with notebooks/04_infer.ipynb, e.g. `papermill notebooks/04_infer.ipynb "
-           f"{_short(out.notebooks / '04_infer.ipynb')}{extra} -k python3`.")
+    how = (f"predict the test set with notebooks/04_infer.ipynb, e.g. `papermill notebooks/04_infer.ipynb "
+           f"{_short(out.notebooks / '04_infer.ipynb')}{extra} -k python3`")
     if runs.strip() != "all":
-        files = [out.prediction(name.strip()) for name in runs.split(",") if name.strip()]
+        files = [out.prediction(run_name(*rf)) for rf in parse_runs(runs, resolutions, cfg.n_folds)]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
-            raise ParameterError(f"runs={runs!r}: no predictions {', '.join(missing)} in {out.preds}: {how}")
-        return files
-    files = sorted(out.preds.glob("*.csv"))
-    if not files:
-        raise ParameterError(f"no prediction files in {out.preds}: {how}")
+            raise ParameterError(f"runs={runs!r}: no predictions {', '.join(missing)} in {out.preds}: {how}.")
+    else:
+        files = sorted(out.preds.glob("*.csv"))
+        if not files:
+            raise ParameterError(f"no prediction files in {out.preds}: {how}.")
+        trained = [run_name(r, k) for r in resolutions for k in range(cfg.n_folds) if out.run(r, k).checkpoint.is_file()]
+        unpredicted = [n for n in trained if not out.prediction(n).is_file()]
+        if unpredicted:
+            print(f"WARNING: {len(unpredicted)} trained run(s) have no test predictions and are left out of the "
+                  f"ensemble: {', '.join(unpredicted)}. To include them, {how} (runs=all predicts every "
+                  f"trained run).")
+    from .folds import stale_message, stale_runs  # torch comes with it: after the parameter checks
+
+    stale = stale_runs(out, [f.stem for f in files])
+    if stale:
+        raise ParameterError(stale_message(stale, out))
     return files
 
 
@@ -249,15 +262,18 @@ def data_summary(train: pd.DataFrame, test: pd.DataFrame | None = None) -> pd.Da
     return pd.DataFrame({"value": list(rows.values())}, index=pd.Index(list(rows), name="what"))
 
 
-def load_train_test(cfg: Config, check_images: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """load_table on train.csv and test.csv; the problems of both in one DataError."""
+def load_train_test(cfg: Config, check_images: str | None = None,
+                    errors: str = "raise") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """load_table on train.csv and test.csv; the problems of both in one DataError. With
+    errors="drop", the good rows of each, their problems in `.attrs["problems"]`."""
     from .data import DataError, load_table
 
     tables, problems = [], []
     for name, labelled in (("train.csv", True), ("test.csv", False)):
         try:
             tables.append(load_table(cfg.data_dir, name, labelled=labelled, mos_scale=cfg.mos_scale,
-                                     check_images=check_images or cfg.train.check_images, progress=False))
+                                     check_images=check_images or cfg.train.check_images, progress=False,
+                                     errors=errors))
         except DataError as e:
             problems += e.problems
     if problems:

@@ -39,13 +39,12 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from filelock import FileLock, Timeout
 
+from .lock import LockHeldError, hold
 from .config import (DEFAULT_PROFILE, SHORTCUTS, ConfigError, RunFiles, load_config, profile_resolutions,
                      repo_root, resolve_path, run_name)
 
@@ -54,10 +53,6 @@ SET_BY_RUNNER = {"res": "--res", "fold": "--folds", "profile": "--profile",
                  "data_dir": "--data-dir", "out_dir": "--out-dir"}
 RAY_HINT = 'pip install "iqa-lib[ray]"'
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-
-class LockHeldError(RuntimeError):
-    """Another runner works on the same out_dir; the message says which."""
 
 
 @dataclass
@@ -296,6 +291,18 @@ def up_to_date(step: Step, inputs: list[Path]) -> bool:
     return all(p.is_file() and p.stat().st_mtime <= made for p in [step.notebook, *inputs])
 
 
+def folds_current(cfg) -> bool:
+    """Whether folds.csv is the split of train.csv as it is now (a file time says nothing of that)."""
+    from .data import DataError, load_table  # torch comes with them: only once a grid runs
+    from .folds import current_split, folds_for_table, split_fingerprint
+
+    try:
+        table = load_table(cfg.data_dir, "train.csv", mos_scale=cfg.mos_scale, check_images="none", progress=False)
+    except DataError:
+        return False  # 02_folds runs and reports the problems
+    return split_fingerprint(folds_for_table(table, n_folds=cfg.n_folds)) == current_split(cfg.outputs)
+
+
 def last_error_line(log: Path) -> str:
     """The last line of a log that names an exception."""
     try:
@@ -324,38 +331,6 @@ def render_table(steps: list[Step], title: str) -> str:
     return "\n".join([f"[{time.strftime('%H:%M:%S')}] {title}: {counts}", *lines])
 
 
-@contextmanager
-def grid_lock(lock_path: Path, command: str, echo=print):
-    """Hold the out_dir's lock, or raise LockHeldError at once naming its holder.
-
-    filelock's lock is released by the OS when its holder dies, so a dead runner's lock is taken
-    over; who holds it is written to a JSON file beside it (the lock file itself is not ours to write).
-    """
-    holder = lock_path.with_name(lock_path.name + ".json")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(lock_path, timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        who = read_json(holder)
-        raise LockHeldError(
-            f"another run_all works on {lock_path.parent}: pid {who.get('pid', '?')} on host "
-            f"{who.get('host', '?')}, since {who.get('since', '?')}, command: {who.get('command', '?')}. "
-            f"Wait for it to end or stop it; its lock goes with it.") from None
-    try:
-        old = read_json(holder)
-        if old:
-            echo(f"run_all: taking over the lock of a runner that died (pid {old.get('pid')} on "
-                 f"{old.get('host')}, since {old.get('since')}).")
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-                "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        holder.write_text(json.dumps(info), encoding="utf-8")
-        yield
-    finally:
-        holder.unlink(missing_ok=True)
-        lock.release()
-
-
 def run_grid(profile=DEFAULT_PROFILE, res=None, folds=None, data_dir=None, out_dir=None, gpus="auto",
              parallel=1, ray=None, force=False, skip_eda=False, extra_params=None, notebooks_dir=None,
              stream=None, poll_s=1.0) -> GridResult:
@@ -380,7 +355,7 @@ def run_grid(profile=DEFAULT_PROFILE, res=None, folds=None, data_dir=None, out_d
     title = f"run_all {cfg.profile} -> {cfg.out_dir}"
     command = f"{Path(sys.executable).name} {shlex.join(sys.argv)}"
 
-    with grid_lock(cfg.outputs.lock, command, echo):
+    with hold(cfg.outputs.lock, f"the grid in {cfg.out_dir}", command=command, echo=echo):
         data = Path(cfg.data_dir)
         if not data.is_dir() and cfg.profile == "demo":
             from .datasets.demo import make_demo_data
@@ -442,8 +417,8 @@ def _execute(steps, cfg, slots, threads, ray, force, echo, title, poll_s) -> Non
         finally:
             slot_queue.put(slot)
 
-    def run_here(step: Step, inputs: list[Path]) -> None:
-        if up_to_date(step, inputs):
+    def run_here(step: Step, inputs: list[Path], current: bool = True) -> None:
+        if current and up_to_date(step, inputs):
             step.status, step.note = "skipped", "up to date"
             return
         step.status, step.started = "running", time.time()
@@ -459,20 +434,31 @@ def _execute(steps, cfg, slots, threads, ray, force, echo, title, poll_s) -> Non
     slot_queue = queue.Queue()
     for slot in slots or [None]:  # Ray: None, a placeholder for the notebooks run here
         slot_queue.put(slot)
-    for step in trains:
-        if force:
-            shutil.rmtree(step.run.dir, ignore_errors=True)
-        elif completed(step.run):
-            step.status, step.note = "skipped", "completed earlier"
-        elif step.run.last.is_file():
-            step.note = "resumes from last.pt"
-        step.best = best_score(step.run)
     try:
         if EDA in by_name:
             run_here(by_name[EDA], [])
-        run_here(by_name[FOLDS], [cfg.outputs.folds])
+        run_here(by_name[FOLDS], [cfg.outputs.folds], current=folds_current(cfg))
         if by_name[FOLDS].status == "failed":
             block([s.name for s in steps if s.status == "queued"], f"needs {FOLDS}")
+        from .folds import stale_message, stale_runs
+
+        # Only once the split is today's: a run trained on another one is never skipped as done,
+        # resumed, or retrained unasked.
+        stale = [] if force else stale_runs(cfg.outputs, [s.name for s in trains])
+        if stale:
+            echo(f"run_all: {stale_message(stale, cfg.outputs)}")
+        for step in trains:
+            if step.status != "queued":
+                continue
+            if force:
+                shutil.rmtree(step.run.dir, ignore_errors=True)
+            elif step.name in stale:
+                step.status, step.note = "failed", "trained on another split: --force retrains it, or restore the data"
+            elif completed(step.run):
+                step.status, step.note = "skipped", "completed earlier"
+            elif step.run.last.is_file():
+                step.note = "resumes from last.pt"
+            step.best = best_score(step.run)
         todo = [s for s in trains if s.status == "queued"]
         workers = len(todo) if ray is not None else len(slots)
         pool = ThreadPoolExecutor(max_workers=max(1, workers))
@@ -507,6 +493,28 @@ def _execute(steps, cfg, slots, threads, ray, force, echo, title, poll_s) -> Non
     finally:
         show()
         echo(GridResult(steps).summary())
+    if by_name[ENSEMBLE].status in ("done", "skipped"):
+        echo(where_to_look(cfg))
+
+
+def where_to_look(cfg) -> str:
+    """The end of a grid: the submission, its score when the data has test labels, the plots."""
+    out = cfg.outputs
+    lines = [f"submission: {out.submission}"]
+    labels = Path(cfg.data_dir) / "test_labels.csv"
+    if labels.is_file() and out.submission.is_file():
+        import pandas as pd
+
+        from .metrics import plcc, srcc
+
+        both = pd.read_csv(out.submission, dtype={"img_name": str}).merge(
+            pd.read_csv(labels, dtype={"img_name": str}).drop_duplicates("img_name"), on="img_name",
+            suffixes=("", "_true"))
+        lines.append(f"scored on {labels} ({len(both)} images): PLCC {plcc(both['mos'], both['mos_true']):.3f}, "
+                     f"SRCC {srcc(both['mos'], both['mos_true']):.3f}")
+    lines.append(f"plots: the executed notebooks in {out.notebooks} (01_eda, 02_folds, 04_infer, 05_ensemble) "
+                 f"and {out.runs}/*/03_train.ipynb (learning curves); open them in JupyterLab")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,12 +27,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import data as D
-from .checkpoint import (KIT_FORMAT, atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temp_files,
-                         safe_torch_load)
+from .checkpoint import (KIT_FORMAT, CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text,
+                         check_writable, remove_stale_temp_files, safe_torch_load)
 from .config import Config, RunFiles, flatten
 from .crops import random_crops, whole_image_view
-from .folds import folds_for_table, write_folds
+from .folds import folds_for_table, recorded_split, split_fingerprint, stale_message, write_folds
 from .infer import autocast_dtype, input_view, model_config, pick_device, predict_indices
+from .lock import hold
 from .metrics import all_metrics
 from .model import MANIQA, MANIQAConfig
 from .runinfo import environment_info, now_iso
@@ -43,6 +44,10 @@ VAL_METRIC = "plcc_srcc"  # the team's model-selection metric
 
 class DivergenceError(RuntimeError):
     """The loss became NaN/inf: training stopped before saving anything from it."""
+
+
+class StaleRunError(RuntimeError):
+    """A run's files were trained on another split or other data than today's; the message says what to do."""
 
 
 @dataclass
@@ -153,22 +158,29 @@ def fit(cfg: Config, *, progress: bool = True, force: bool = False) -> RunResult
     spawns one process per device (DistributedDataParallel, NCCL on GPUs, gloo on CPUs) from
     Python, so it also works inside a notebook run by papermill.
     """
-    run_dir = cfg.run.dir
-    if not force:
-        done = completed_result(run_dir)
-        if done is not None:
-            _check_same_recipe(run_dir, cfg)
-            print(f"{run_dir.name}: already completed (best epoch {done.best_epoch}); pass force=True to retrain.")
-            return done
-    world = cfg.train.devices
-    if world > 1:
-        port = _free_port()
-        torch.multiprocessing.start_processes(
-            _ddp_worker, args=(world, cfg, port, progress, force), nprocs=world, start_method="spawn"
-        )
-    else:
-        _train_process(cfg, rank=0, world=1, progress=progress, fresh=force)
-    return read_result(run_dir)
+    files = cfg.run
+    check_writable(cfg.out_dir, "out_dir", "pass -p out_dir (or out_dir=) a folder you can write to")
+    # One process trains a run at a time: a second one (another papermill, a grid runner) stops here.
+    with hold(files.lock, f"run {files.name} ({files.dir})"):
+        folds = load_folds(cfg)
+        split = split_fingerprint(folds)
+        if not force:
+            done = completed_result(files.dir)
+            if done is not None:
+                _check_same_recipe(files.dir, cfg)
+                if recorded_split(cfg.outputs, files.name) not in (None, split):
+                    raise StaleRunError(stale_message([files.name], cfg.outputs))
+                print(f"{files.name}: already completed (best epoch {done.best_epoch}); pass force=True to retrain.")
+                return done
+        world = cfg.train.devices
+        if world > 1:
+            port = _free_port()
+            torch.multiprocessing.start_processes(
+                _ddp_worker, args=(world, cfg, folds, port, progress, force), nprocs=world, start_method="spawn"
+            )
+        else:
+            _train_process(cfg, folds, rank=0, world=1, progress=progress, fresh=force)
+    return read_result(files.dir)
 
 
 # Keys that may change between the run and a later call without changing what was trained.
@@ -203,7 +215,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world: int, cfg: Config, port: int, progress: bool, fresh: bool) -> None:
+def _ddp_worker(rank: int, world: int, cfg: Config, folds: pd.DataFrame, port: int, progress: bool,
+                fresh: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     device = pick_device(cfg.train.device, rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -211,12 +224,13 @@ def _ddp_worker(rank: int, world: int, cfg: Config, port: int, progress: bool, f
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group(backend, rank=rank, world_size=world)
     try:
-        _train_process(cfg, rank=rank, world=world, progress=progress and rank == 0, fresh=fresh)
+        _train_process(cfg, folds, rank=rank, world=world, progress=progress and rank == 0, fresh=fresh)
     finally:
         dist.destroy_process_group()
 
 
-def _train_process(cfg: Config, rank: int, world: int, progress: bool, fresh: bool = False) -> None:
+def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, progress: bool,
+                   fresh: bool = False) -> None:
     tp = cfg.train
     files = cfg.run
     run_dir, name = files.dir, files.name
@@ -229,7 +243,7 @@ def _train_process(cfg: Config, rank: int, world: int, progress: bool, fresh: bo
 
     # -- data ------------------------------------------------------------------------------
     mos_scale = cfg.mos_scale
-    folds = load_folds(cfg)
+    split = split_fingerprint(folds)
     mcfg = model_config(cfg)
     view = input_view(cfg)
     store = D.ImageStore.open(
@@ -246,7 +260,17 @@ def _train_process(cfg: Config, rank: int, world: int, progress: bool, fresh: bo
     # -- state -----------------------------------------------------------------------------
     last_path = files.last
     # fresh (force=True): start over; the old files stay until the new run replaces each of them.
-    state = safe_torch_load(last_path, "resume state") if last_path.is_file() and not fresh else None
+    state = None
+    if last_path.is_file() and not fresh:
+        try:
+            state = safe_torch_load(last_path, "resume state")
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"{e} To restart this run from its first epoch, delete {last_path} (or pass force=True; run_all "
+                f"--force). The best checkpoint {files.checkpoint.name} and metrics.csv stay until the new run "
+                f"replaces them.") from e
+    if state is not None and state.get("split") not in (None, split):
+        raise StaleRunError(stale_message([name], cfg.outputs))
     if state is not None and (state.get("model_config") != mcfg.to_dict()
                               or state.get("input", whole_image_view(mcfg.img_size)) != view):
         raise RuntimeError(
@@ -295,7 +319,7 @@ def _train_process(cfg: Config, rank: int, world: int, progress: bool, fresh: bo
         manifest.update(
             run=name, status="running", config=cfg.to_dict(), model_config=mcfg.to_dict(),
             environment=environment_info(device), resumed_from_epoch=epoch if state else None,
-            n_train=int(len(train_idx)), n_val=int(len(val_idx)),
+            n_train=int(len(train_idx)), n_val=int(len(val_idx)), split=split,
         )
         atomic_write_json(manifest_path, manifest)
 
@@ -313,7 +337,7 @@ def _train_process(cfg: Config, rank: int, world: int, progress: bool, fresh: bo
             "history": history, "best": best,
             "rng": {"torch": torch.get_rng_state(), "flip": flip_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-            "model_config": mcfg.to_dict(), "input": view, "config": cfg.to_dict(),
+            "model_config": mcfg.to_dict(), "input": view, "config": cfg.to_dict(), "split": split,
         }, last_path)
 
     stop_reason = None

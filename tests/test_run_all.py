@@ -21,6 +21,7 @@ import pytest
 
 from iqa_lib import run_all as R
 from iqa_lib.config import Outputs
+from iqa_lib.lock import LockHeldError, hold
 
 COMMON = 'profile = "team"\ndata_dir = None\nout_dir = None\n'
 STUB_PARAMS = {
@@ -44,8 +45,13 @@ with open(outputs.root / "calls.jsonl", "a") as f:
     f.write(json.dumps(call) + "\\n")
 if (outputs.root / f"FAIL_{name}").exists():
     raise RuntimeError(f"stub failure for {name}")
-if STEP == "02_folds":
-    outputs.folds.write_text("img_name,fold\\n")
+if STEP == "02_folds":  # the real split of the fixture's train.csv (the runner checks folds.csv against it)
+    from iqa_lib.config import load_config
+    from iqa_lib.data import load_table
+    from iqa_lib.folds import folds_for_table, write_folds
+    cfg = load_config(profile, data_dir=data_dir, out_dir=out_dir)
+    table = load_table(cfg.data_dir, check_images="none", mos_scale=cfg.mos_scale, progress=False)
+    write_folds(folds_for_table(table, n_folds=cfg.n_folds), cfg.out_dir)
 if STEP == "03_train":
     run = outputs.run(res, fold)
     run.dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +80,12 @@ def grid(tmp_path, stubs, monkeypatch) -> dict:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     data = tmp_path / "data"
-    data.mkdir()
+    (data / "train").mkdir(parents=True)
+    rows = ["img_name,img_path,mos"]
+    for i in range(10):
+        (data / "train" / f"i{i}.png").write_bytes(b"")  # the runner reads the CSV only
+        rows.append(f"i{i},./train/i{i}.png,{i / 2}")
+    (data / "train.csv").write_text("\n".join(rows) + "\n")
     return dict(profile="demo", res=[64], folds=[0, 1], data_dir=str(data), out_dir=str(tmp_path / "out"),
                 skip_eda=True, notebooks_dir=str(stubs))
 
@@ -203,8 +214,9 @@ HOLDER = """
 import sys, time
 from pathlib import Path
 from iqa_lib.config import Outputs
-from iqa_lib.run_all import grid_lock
-with grid_lock(Outputs(Path(sys.argv[1])).lock, "the first runner --its-args", print):
+from iqa_lib.lock import LockHeldError, hold
+from iqa_lib.lock import hold
+with hold(Outputs(Path(sys.argv[1])).lock, "the grid", command="the first runner --its-args"):
     print("locked", flush=True)
     time.sleep(120)
 """
@@ -223,12 +235,12 @@ def test_second_runner_refused_and_a_dead_runners_lock_taken_over(grid, capsys):
         holder.wait()
     lock = Outputs(Path(grid["out_dir"])).lock
     messages = []
-    with R.grid_lock(lock, "the second runner", messages.append):
+    with hold(lock, "the grid", command="the second runner", echo=messages.append):
         assert len(messages) == 1 and f"pid {holder.pid}" in messages[0] and "taking over" in messages[0]
-        with pytest.raises(R.LockHeldError, match="the second runner"):
-            with R.grid_lock(lock, "a third runner"):
+        with pytest.raises(LockHeldError, match="the second runner"):
+            with hold(lock, "the grid", command="a third runner"):
                 pass
-    with R.grid_lock(lock, "after a clean release", messages.append):
+    with hold(lock, "the grid", command="after a clean release", echo=messages.append):
         assert len(messages) == 1, "a released lock is no stale lock"
 
 
