@@ -1,10 +1,11 @@
 """Writing files so a crash never leaves half of one under a final name, and reading
 checkpoints without ever running code from them.
 
-A kit checkpoint `{res}_fold{k}.ckpt` is a plain dict of tensors and primitives:
-`model` (state dict), `model_config` (MANIQAConfig as a dict), `variant`, `mos_scale`,
-`epoch`, `metrics`, `kit`. It loads with `torch.load(weights_only=True)`, which refuses
-any pickled object that would run code.
+A kit checkpoint `{res}_fold{k}.ckpt` is a plain dict of tensors and primitives: `format`
+(KIT_FORMAT), `model` (state dict), `model_config` (MANIQAConfig as a dict), `input` (the
+stored side and crop grid, iqa_lib.crops), `res`, `fold`, `mos_scale`, `epoch`, `metrics`,
+`flip`. It loads with `torch.load(weights_only=True)`, which refuses any pickled object that
+would run code.
 """
 import io
 import json
@@ -128,7 +129,7 @@ def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint") -> dict:
 
 
 def load_model_checkpoint(path, expect: dict | None = None) -> dict:
-    """Load a kit checkpoint; with `expect` (a model config dict) refuse another variant."""
+    """Load a kit checkpoint; with `expect` (a model config dict) refuse one of another model."""
     ckpt = safe_torch_load(path)
     if ckpt.get("format") != KIT_FORMAT or "model" not in ckpt or "model_config" not in ckpt:
         keys = ", ".join(sorted(map(str, ckpt))[:8])

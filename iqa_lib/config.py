@@ -39,7 +39,8 @@ Precision = Literal["bf16", "fp16", "fp32"]
 Device = Literal["auto", "cuda", "cpu"]
 Flip = Literal["vertical", "horizontal", "none"]
 CheckImages = Literal["none", "open", "decode"]
-PRECISIONS, DEVICES, FLIPS, CHECK_MODES = (get_args(t) for t in (Precision, Device, Flip, CheckImages))
+Logger = Literal["none", "tensorboard", "wandb", "mlflow"]  # train.logger: "none", or one or several of the others
+PRECISIONS, DEVICES, FLIPS, CHECK_MODES, LOGGERS = (get_args(t) for t in (Precision, Device, Flip, CheckImages, Logger))
 
 # Notebook parameter -> the keys it sets (a notebook cannot name `train.epochs`).
 SHORTCUTS: dict[str, tuple[str, ...]] = {
@@ -47,7 +48,7 @@ SHORTCUTS: dict[str, tuple[str, ...]] = {
     "epochs": ("train.epochs",), "batch_size": ("train.batch_size",), "precision": ("train.precision",),
     "max_steps": ("train.max_steps",), "devices": ("train.devices",), "compile": ("train.compile",),
     "num_workers": ("train.num_workers",), "lr": ("optim.lr", "schedule.max_lr"),
-    "weights_file": ("model.weights_file",), "pretrained": ("model.pretrained",),
+    "weights_file": ("model.weights_file",), "pretrained": ("model.pretrained",), "logger": ("train.logger",),
 }
 PATH_KEYS = ("data_dir", "out_dir", "model.weights_file")
 
@@ -74,6 +75,35 @@ Count = Annotated[int, BeforeValidator(_not_bool), Field(gt=0)]
 Float = Annotated[float, BeforeValidator(_not_bool)]
 Rate = Annotated[float, BeforeValidator(_not_bool), Field(ge=0)]
 PathText = Annotated[str, BeforeValidator(_path_text)]
+
+
+def logger_names(value: str) -> tuple[str, ...]:
+    """'tensorboard, wandb' -> ('tensorboard', 'wandb'); 'none' -> (). Raises ValueError naming the choices."""
+    names = [n.strip().lower() for n in value.split(",") if n.strip()] if isinstance(value, str) else None
+    trackers = tuple(n for n in LOGGERS if n != "none")
+    if not names:
+        raise ValueError(f"write none or a comma list of {', '.join(trackers)} (e.g. \"tensorboard,wandb\")")
+    for name in names:
+        if name not in LOGGERS:
+            close = difflib.get_close_matches(name, LOGGERS, n=1, cutoff=0.6)
+            raise ValueError(f"unknown logger {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                             + f": choose none or one or several of {', '.join(trackers)}, comma-separated "
+                             f"(e.g. \"tensorboard,wandb\")")
+    if "none" in names and len(names) > 1:
+        raise ValueError(f"none cannot be combined with other loggers: write none, or only the trackers "
+                         f"({', '.join(n for n in names if n != 'none')})")
+    return () if names == ["none"] else tuple(dict.fromkeys(names))
+
+
+def _logger_text(value: Any) -> Any:
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):  # YAML [tensorboard, wandb]
+        value = ",".join(value)
+    if isinstance(value, str):
+        return ",".join(logger_names(value)) or "none"  # checked and normalised: "tensorboard,wandb"
+    return value
+
+
+LoggerList = Annotated[str, BeforeValidator(_logger_text)]
 
 
 class Section(BaseModel):
@@ -136,6 +166,12 @@ class TrainParams(Section):
     devices: Count
     save_every_steps: Optional[Count]
     check_images: CheckImages
+    logger: LoggerList  # "none" or a comma list of LOGGERS' trackers (iqa_lib.trackers)
+
+    @property
+    def loggers(self) -> tuple[str, ...]:
+        """The trackers asked for: () for none, else e.g. ('tensorboard', 'wandb')."""
+        return logger_names(self.logger)
 
 
 class InferParams(Section):
@@ -226,6 +262,9 @@ class Outputs:
         self.submission_runs = self.root / "submission.runs.json"  # the runs the submission combines
         self.submission_prev = self.root / "submission.prev.csv"  # kept when a new one combines fewer runs
         self.eda = self.root / "eda"  # 01_eda's figures
+        self.tensorboard = self.root / "tensorboard"  # train.logger=tensorboard: one event folder per run name
+        self.wandb = self.root / "wandb"  # train.logger=wandb: its offline/online run folders (unless $WANDB_DIR is set)
+        self.mlflow = self.root / "mlflow.db"  # train.logger=mlflow: the tracking database (unless $MLFLOW_TRACKING_URI is set)
         self.notebooks = self.root / "notebooks"  # the grid runner's executed 01, 02, 04, 05
         self.lock = self.root / ".run_all.lock"  # held by a running grid runner
 
@@ -436,38 +475,35 @@ def load_config(
     unknown = sorted(set(shortcuts) - set(SHORTCUTS))
     if unknown:
         raise TypeError(f"load_config() got unknown parameter(s) {', '.join(unknown)} (known: {', '.join(SHORTCUTS)})")
-
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ConfigError(f"overrides must be a dict such as {{'train.epochs': 3}}, got {type(overrides).__name__}.")
+    late = {**(overrides or {}),
+            **{key: value for name, value in shortcuts.items() if value is not None for key in SHORTCUTS[name]}}
     layers = [(read_yaml(folder / "base.yaml"), "base.yaml")]
     if (folder / f"{res}.yaml").is_file():
         layers.append((read_yaml(folder / f"{res}.yaml"), f"{res}.yaml"))
-    layers += [(top, f"{profile_path.name}"), (per_res[res], f"{profile_path.name} resolutions.{res}")]
-    if overrides is not None and not isinstance(overrides, Mapping):
-        raise ConfigError(f"overrides must be a dict such as {{'train.epochs': 3}}, got {type(overrides).__name__}.")
-    late = {k: v for k, v in (overrides or {}).items()}
-    late.update({key: value for name, value in shortcuts.items() if value is not None for key in SHORTCUTS[name]})
+    layers += [(top, profile_path.name), (per_res[res], f"{profile_path.name} resolutions.{res}")]
+    layers = [(_flat(values, source), source) for values, source in layers + [(late, "overrides")]]
 
     flat: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for layer, source in layers:
-        for key, value in _flat(layer, source).items():
+
+    def apply(values: Mapping[str, Any], source: str) -> None:
+        for key, value in values.items():
+            if key in PATH_KEYS and isinstance(value, (str, os.PathLike)):
+                value = str(resolve_path(value))
             if key == "model.vit_kwargs" and isinstance(value, dict):  # free-form: merged key by key
                 value = {**flat.get(key, {}), **value}
             flat[key], sources[key] = value, source
-    for key in PATH_KEYS:
-        if isinstance(flat.get(key), (str, os.PathLike)):
-            flat[key] = str(resolve_path(flat[key]))
-    late_flat = _flat(late, "overrides")
-    for key in PATH_KEYS:
-        if isinstance(late_flat.get(key), (str, os.PathLike)):
-            late_flat[key] = str(resolve_path(late_flat[key]))
-    data_dir = late_flat.get("data_dir", flat["data_dir"])
+
+    for values, source in layers[:-1]:
+        apply(values, source)
+    data_dir = str(resolve_path(late["data_dir"])) if isinstance(late.get("data_dir"), (str, os.PathLike)) \
+        else flat["data_dir"]
     recorded = dataset_mos_scale(data_dir) if isinstance(data_dir, str) else None
     if recorded is not None:  # a prepared folder knows its own scale (CLIVE 0-100, KonIQ 1-5)
-        flat["mos_scale"], sources["mos_scale"] = recorded, f"{data_dir}/dataset.json"
-    for key, value in late_flat.items():
-        if key == "model.vit_kwargs" and isinstance(value, dict):
-            value = {**flat.get(key, {}), **value}
-        flat[key], sources[key] = value, "overrides"
+        apply({"mos_scale": recorded}, f"{data_dir}/dataset.json")
+    apply(*layers[-1])  # the overrides have the last word
 
     flat.update(res=res, fold=fold, profile=profile_path.stem)
     sources.update(res="the res argument", fold="the fold argument")

@@ -45,6 +45,7 @@ from pathlib import Path
 import yaml
 
 from .lock import LockHeldError, hold
+from .trackers import require as require_trackers
 from .config import (DEFAULT_PROFILE, SHORTCUTS, ConfigError, RunFiles, load_config, profile_resolutions,
                      repo_root, resolve_path, run_name)
 
@@ -159,6 +160,7 @@ def plan_grid(profile=DEFAULT_PROFILE, res=None, folds=None, data_dir=None, out_
     shortcuts = {name: value for name, value in extra.items() if name in SHORTCUTS}
 
     base = load_config(profile, data_dir=data_dir, out_dir=out_dir, **shortcuts)
+    require_trackers(base)  # a missing tracker package stops the grid once, not in each of 15 notebooks
     # load_config refuses a resolution or fold the profile lacks, and bad -p values, naming them.
     configs = [load_config(profile, r, k, data_dir=data_dir, out_dir=out_dir, **shortcuts)
                for r in (res or profile_resolutions(profile)) for k in (folds or range(base.n_folds))]

@@ -9,6 +9,8 @@
   oof.csv              out-of-fold predictions of the best epoch (img_name, mos, pred)
   manifest.json        config, git commit, versions, device, times, status, best metrics
 
+With `train.logger` the run is also logged to TensorBoard, W&B or MLflow (iqa_lib/trackers.py).
+
 Rerunning the same call resumes from `last.pt`; a run whose manifest says `completed`
 returns at once. Every file is written atomically (temp file + rename).
 """
@@ -38,6 +40,7 @@ from .metrics import all_metrics
 from .model import MANIQA, MANIQAConfig
 from .runinfo import environment_info, now_iso
 from .schedule import CosineAnnealingWarmupRestarts
+from .trackers import open_trackers, require as require_trackers
 
 VAL_METRIC = "plcc_srcc"  # the team's model-selection metric
 
@@ -160,6 +163,7 @@ def fit(cfg: Config, *, progress: bool = True, force: bool = False) -> RunResult
     """
     files = cfg.run
     check_writable(cfg.out_dir, "out_dir", "pass -p out_dir (or out_dir=) a folder you can write to")
+    require_trackers(cfg)  # train.logger's packages, before anything starts
     # One process trains a run at a time: a second one (another papermill, a grid runner) stops here.
     with hold(files.lock, f"run {files.name} ({files.dir})"):
         folds = load_folds(cfg)
@@ -186,7 +190,7 @@ def fit(cfg: Config, *, progress: bool = True, force: bool = False) -> RunResult
 # Keys that may change between the run and a later call without changing what was trained.
 _RUNTIME_KEYS = ("data_dir", "out_dir", "profile", "model.weights_file", "train.device", "train.devices",
                  "train.num_workers", "train.cache", "train.check_images", "train.val_batch_size", "train.compile",
-                 "train.save_every_steps", "infer.")
+                 "train.save_every_steps", "train.logger", "infer.")
 
 
 def _check_same_recipe(run_dir: Path, cfg: Config) -> None:
@@ -342,6 +346,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
 
     stop_reason = None
     patience_left = patience - _epochs_since_best(history, best)
+    trackers = open_trackers(cfg, rank, step=step, loss_base=partial, started=manifest.get("started"))
     try:
         while epoch < epochs and stop_reason is None:
             # Per-epoch seeds make the epoch reproducible from its number alone; a mid-epoch
@@ -384,6 +389,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                     optimizer.zero_grad(set_to_none=True)
                     scheduler.step()
                     step += 1
+                    trackers.log_step(step, loss_sum, loss_n, scheduler.get_last_lr()[0])
                     if step % 10 == 0 or progress:
                         _check_finite(loss_sum, name, epoch, step)
                         bar.set_postfix(loss=f"{loss_sum.item() / loss_n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
@@ -413,6 +419,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                    "lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds,
                    "train_images_per_s": seen / max(train_seconds, 1e-9)}
             history.append(row)
+            trackers.log_epoch(row)
             improved = metrics[VAL_METRIC] > best[VAL_METRIC]
             if improved:
                 best = {"epoch": epoch, **metrics, "val_loss": val_loss}
@@ -442,12 +449,14 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                 atomic_write_json(manifest_path, manifest)
             except OSError:  # the disk that just failed may refuse this too: keep the first error
                 pass
+        trackers.finish(status="failed" if not isinstance(e, KeyboardInterrupt) else "interrupted")
         raise
     if is_main:
         manifest.update(status="completed", stop_reason=stop_reason, ended=now_iso(), epochs_run=epoch,
                         steps=step, best_epoch=best["epoch"], best={k: v for k, v in best.items() if k != "epoch"})
         manifest.pop("error", None)
         atomic_write_json(manifest_path, manifest)
+    trackers.finish(best)
 
 
 def _check_finite(loss_sum: torch.Tensor, name: str, epoch: int, step: int) -> None:
@@ -475,7 +484,7 @@ def _epochs_since_best(history: list, best: dict) -> int:
 def save_best(model, mcfg: MANIQAConfig, cfg: Config, epoch: int, metrics: dict) -> None:
     atomic_torch_save({
         "format": KIT_FORMAT, "model": model.state_dict(), "model_config": mcfg.to_dict(), "input": input_view(cfg),
-        "variant": str(cfg.res), "fold": cfg.fold, "mos_scale": cfg.mos_scale,
+        "res": cfg.res, "fold": cfg.fold, "mos_scale": cfg.mos_scale,
         "epoch": epoch, "metrics": metrics, "flip": cfg.train.flip,
     }, cfg.run.checkpoint)
 
