@@ -16,23 +16,12 @@ import copy
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import peak_bf16_tflops, save, table, timeit
+from common import make_step, peak_bf16_tflops, save, table, timeit
 from iqa_lib.model import MANIQA, variant_config
 from iqa_lib.config import load_config
 from iqa_lib.runinfo import device_name
-
-
-def make_step(model, optimizer, x, y, forward, amp_dtype):
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            pred = forward(x)
-        F.mse_loss(pred.float(), y).backward()
-        optimizer.step()
-    return step
 
 
 def count_flops(model, x) -> int:
@@ -56,11 +45,11 @@ def bench_res(res, batch, device, compile_, repeat):
         params = [p for p in model.parameters() if p.requires_grad]
         if name == "reference":
             opt = torch.optim.Adam(params, lr=1e-5, weight_decay=1e-5)
-            step = make_step(model, opt, x, y, model.forward_reference, None)
+            step = make_step(model.forward_reference, opt, x, y, None)
         else:
             opt = torch.optim.Adam(params, lr=1e-5, weight_decay=1e-5, fused=True)
             fwd = torch.compile(model) if compile_ else model
-            step = make_step(model, opt, x, y, fwd, torch.bfloat16 if cuda else None)
+            step = make_step(fwd, opt, x, y, torch.bfloat16 if cuda else None)
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         seconds = timeit(step, device, warmup=3 if compile_ and name == "kit" else 1, repeat=repeat)

@@ -88,3 +88,17 @@ def measure_loader(loader, max_batches: int | None = None) -> dict:
     seconds = time.perf_counter() - t0
     return {"images": images, "batches": batches, "seconds": seconds,
             "images_per_s": images / seconds if seconds > 0 else float("inf"), "first_batch_s": first}
+
+
+def make_step(forward, optimizer, x, y, amp_dtype):
+    """One training step (zero grads, forward under autocast, MSE, backward, optimiser step) as a
+    closure to time: `forward` is the model path measured (kit or team-style reference)."""
+    import torch.nn.functional as F
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            pred = forward(x)
+        F.mse_loss(pred.float(), y).backward()
+        optimizer.step()
+    return step

@@ -54,7 +54,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import RESULTS, machine, measure_loader, peak_bf16_tflops, sync, table, timeit
+from common import RESULTS, machine, make_step, measure_loader, peak_bf16_tflops, sync, table, timeit
 from iqa_lib.model import build_maniqa
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,16 +165,6 @@ def count_flops(model: nn.Module, x: torch.Tensor, path: str) -> int:
     with FlopCounterMode(display=False) as counter:
         functional_call(target, state, (xm,)).sum().backward()
     return int(counter.get_total_flops())
-
-
-def make_step(model_fwd, optimizer, x, y, amp_dtype):
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            pred = model_fwd(x)
-        F.mse_loss(pred.float(), y).backward()
-        optimizer.step()
-    return step
 
 
 def load_demo_maker():
