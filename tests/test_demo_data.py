@@ -35,7 +35,7 @@ def test_layout_and_columns(demo):
     assert list(test.columns) == ["img_name", "img_path"]
     assert list(sub.columns) == ["img_name", "mos", "comments"]
     assert list(labels.columns) == ["img_name", "mos"]
-    assert train.img_name.nunique() == 240 and len(test) == 60
+    assert train.img_name.nunique() == 300 and len(test) == 100
     # The submission and the hidden labels follow the test order, one row per image.
     assert sub.img_name.tolist() == test.img_name.tolist() == labels.img_name.tolist()
     assert not set(train.img_name) & set(test.img_name)
@@ -51,8 +51,13 @@ def test_names_paths_and_images(demo):
                 assert img.format == "JPEG" and img.mode == "RGB"
                 assert img.size in DEFAULT_SIZES
     # Exactly the listed images are on disk.
-    assert len(list((demo / "train").glob("*.jpg"))) == 240
-    assert len(list((demo / "test").glob("*.jpg"))) == 60
+    assert len(list((demo / "train").glob("*.jpg"))) == 300
+    assert len(list((demo / "test").glob("*.jpg"))) == 100
+
+
+def test_images_are_near_the_demo_models_input_size():
+    """The demo model sees 64-192 px: shrinking much larger images would erase blur, noise and JPEG."""
+    assert all(64 <= side <= 96 for size in DEFAULT_SIZES for side in size)
 
 
 def test_caption_rows_share_mos(demo):
@@ -67,7 +72,10 @@ def test_mos_follows_severity(demo):
     m = read(demo, MANIFEST)
     assert m.mos.between(1.0, 9.5).all()
     assert m.mos.std() > 1.0  # a wide range to learn from
-    assert np.corrcoef(m.severity, m.mos)[0, 1] < -0.8
+    assert np.corrcoef(m.severity, m.mos)[0, 1] < -0.9
+    # Defects co-occur (a bad capture has several): the number of distortions rises with severity.
+    n_distortions = (m[list(demo_data.DISTORTIONS)] > 0).sum(axis=1)
+    assert n_distortions.max() == len(demo_data.DISTORTIONS) and np.corrcoef(n_distortions, m.mos)[0, 1] < -0.8
     # The manifest agrees with the published MOS.
     train = read(demo, "train.csv").drop_duplicates("img_name")
     both = pd.concat([train[["img_name", "mos"]], read(demo, "test_labels.csv")])
@@ -76,6 +84,17 @@ def test_mos_follows_severity(demo):
     for d in demo_data.DISTORTIONS:
         assert (m[d] > 0).any(), d
     assert (m.severity == 0).any()
+
+
+def test_pristine_look_is_white_balanced_and_full_range():
+    rng = np.random.default_rng(0)
+    scene = rng.uniform(40, 120, size=(48, 64, 3)) * np.array([1.3, 1.0, 0.6])  # dim, with a cast
+    out = demo_data.canonical(scene)
+    means = out.reshape(-1, 3).mean(0)
+    assert np.ptp(means) < 0.02 * means.mean()  # grey world
+    assert np.allclose(np.percentile(out, (1, 99)), demo_data.CANONICAL_LEVELS, atol=0.5)
+    flat = np.full((8, 8, 3), 77.0)
+    assert np.array_equal(demo_data.canonical(flat), flat)  # nothing to stretch
 
 
 def test_jpeg_distortion_is_the_files_own_quality(demo):

@@ -7,6 +7,22 @@ blur, gaussian noise, JPEG compression, contrast loss, colour cast, and combinat
 several strengths. The MOS (0-10 scale) is a smooth decreasing function of the total
 degradation severity plus a little noise, so a model can learn it.
 
+How an image is made, and why (the demo model is a narrow ViT trained from scratch for a few
+hundred steps at 64, 128 and 192 px; see params/demo.yaml):
+
+1. The scene is drawn at its final, small size (64-80 px a side, ``DEFAULT_SIZES``): near the
+   64-192 px the model sees, so blur, noise and JPEG blocks reach it instead of being erased by
+   a large downscale (images of 120-200 px lost most of them when shrunk to 64 px).
+2. It is normalised to a "pristine" look (``canonical``): grey-world white balance and levels
+   stretched so that 1 % / 99 % of the pixels sit at 8 / 247. A colour cast or a contrast loss
+   is then a departure from a known reference, not something any random scene may have.
+3. It gets a capture badness ``b ~ U(0, 1)``: each of the five distortions is present with
+   probability ``clip(1.5 * (b - 0.15), 0, 1)`` at strength ``clip(round(0.5 + 4 b + N(0, 0.4)), 1, 4)``,
+   so bad captures suffer several defects at once, as a photo from a poor camera or a
+   heavily recompressed upload does (about 25 % of the images are pristine).
+4. The MOS: ``severity = sum of the strengths / 4`` (0 to 5) and
+   ``mos = 9.2 - 8 * (1 - exp(-severity / 2.5)) + N(0, 0.6)``, clipped to [1, 9.5].
+
 Layout written under ``dest`` (the same as the challenge's, SPEC §1, plus two extras)::
 
     train.csv               img_name,img_path,mos,comments  (1-3 caption rows per image)
@@ -36,7 +52,9 @@ from .cli import check_dest, remove_written, run_command
 
 Size = tuple[int, int]  # (width, height), PIL's order
 
-DEFAULT_SIZES: tuple[Size, ...] = ((160, 120), (128, 128), (120, 160), (200, 150))
+# Near the demo model's 64-192 px inputs: shrinking a larger image to 64 px would erase most of
+# its blur, noise and JPEG artefacts before the model sees them.
+DEFAULT_SIZES: tuple[Size, ...] = ((64, 64), (80, 64), (64, 80), (72, 72))
 NAME_ALPHABET = np.array(list("abcdefghijklmnopqrstuvwxyz0123456789"))
 NAME_LENGTH = 10  # the challenge's names are 10 lowercase letters/digits
 CLEAN_QUALITY = 95  # JPEG quality of images without a JPEG distortion
@@ -62,11 +80,17 @@ JPEG_QUALITY = (40, 22, 12, 6)
 CONTRAST_KEEP = (0.75, 0.55, 0.4, 0.28)  # fraction of the contrast kept
 COLOUR_SHIFT = (0.08, 0.15, 0.24, 0.34)  # size of the per-channel gain change
 DISTORTIONS = ("blur", "noise", "jpeg", "contrast", "colour")
-# How many distortions an image gets (0 = pristine).
-N_DISTORTIONS_P = (0.12, 0.45, 0.31, 0.12)
+# Defects co-occur: an image's badness b ~ U(0, 1) sets how likely each distortion is,
+# p = clip(PRESENCE_SLOPE * (b - PRESENCE_FROM), 0, 1), and how strong:
+# level = clip(round(0.5 + 4 b + N(0, LEVEL_SD)), 1, 4).
+PRESENCE_SLOPE, PRESENCE_FROM, LEVEL_SD = 1.5, 0.15, 0.4
+
+# --- pristine look -------------------------------------------------------------------------------
+CANONICAL_LEVELS = (8.0, 247.0)  # where the 1st / 99th percentiles of a pristine image sit
 
 # --- MOS ---------------------------------------------------------------------------------------
-MOS_TOP, MOS_RANGE, MOS_DECAY = 9.2, 8.0, 1.4  # mos = top - range * (1 - exp(-severity / decay))
+# mos = top - range * (1 - exp(-severity / decay)); severity runs 0-5 (five distortions, L/4 each)
+MOS_TOP, MOS_RANGE, MOS_DECAY = 9.2, 8.0, 2.5
 MOS_NOISE_SD = 0.6  # sets the severity-MOS correlation near -0.9, like a noisy human panel
 MOS_CLIP = (1.0, 9.5)
 
@@ -89,7 +113,7 @@ class DemoImage:
 
 
 def severity_to_mos(severity: np.ndarray | float) -> np.ndarray:
-    """The noiseless MOS of a total severity: 9.2 when pristine, falling smoothly towards 1.2."""
+    """The noiseless MOS of a total severity: 9.2 when pristine, 2.3 at the worst (severity 5)."""
     return MOS_TOP - MOS_RANGE * (1.0 - np.exp(-np.asarray(severity, dtype=float) / MOS_DECAY))
 
 
@@ -232,6 +256,18 @@ def crop_resize(rng: np.random.Generator, img: Image.Image, w: int, h: int) -> n
     return np.asarray(out, dtype=float)
 
 
+def canonical(pixels: np.ndarray) -> np.ndarray:
+    """A scene given the pristine look every distortion departs from: grey-world white balance,
+    then levels stretched so that its 1st / 99th percentiles sit at 8 / 247."""
+    means = pixels.reshape(-1, 3).mean(0)
+    x = pixels * (means.mean() / np.maximum(means, 1.0))
+    lo, hi = np.percentile(x, (1, 99))
+    if hi - lo < 1.0:  # a flat image: nothing to stretch
+        return np.clip(x, 0, 255)
+    low, high = CANONICAL_LEVELS
+    return np.clip(low + (x - lo) * (high - low) / (hi - lo), 0, 255)
+
+
 # --- distortions ---------------------------------------------------------------------------
 def apply_distortions(rng: np.random.Generator, pixels: np.ndarray, levels: dict[str, int]) -> tuple[Image.Image, int]:
     """Degrade a float (h, w, 3) image; returns the image and the JPEG quality to save it with.
@@ -258,10 +294,15 @@ def apply_distortions(rng: np.random.Generator, pixels: np.ndarray, levels: dict
 
 
 def draw_levels(rng: np.random.Generator) -> dict[str, int]:
-    """Pick 0-3 distortions and a strength 1..4 for each."""
-    k = int(rng.choice(len(N_DISTORTIONS_P), p=N_DISTORTIONS_P))
-    chosen = rng.choice(DISTORTIONS, size=k, replace=False)
-    return {str(d): int(rng.integers(1, LEVELS + 1)) for d in sorted(chosen, key=DISTORTIONS.index)}
+    """The distortions of one capture (0-5 of them) and a strength 1..4 for each.
+
+    A badness b ~ U(0, 1) drives both: each distortion is present with probability
+    clip(1.5 (b - 0.15), 0, 1) at strength clip(round(0.5 + 4 b + N(0, 0.4)), 1, 4).
+    """
+    badness = rng.random()
+    present = rng.random(len(DISTORTIONS)) < np.clip(PRESENCE_SLOPE * (badness - PRESENCE_FROM), 0.0, 1.0)
+    strength = np.clip(np.round(0.5 + LEVELS * badness + rng.normal(0, LEVEL_SD, len(DISTORTIONS))), 1, LEVELS)
+    return {d: int(level) for d, on, level in zip(DISTORTIONS, present, strength) if on}
 
 
 # --- captions --------------------------------------------------------------------------------
@@ -348,7 +389,7 @@ def _generate(rng: np.random.Generator, dest: Path, n_train: int, n_test: int, s
         item = DemoImage(name, "train" if i < n_train else "test", source, description, (w, h), draw_levels(rng))
         noisy = severity_to_mos(item.severity) + rng.normal(0, MOS_NOISE_SD)
         item.mos = round(float(np.clip(noisy, *MOS_CLIP)), 3)
-        img, quality = apply_distortions(rng, pixels, item.levels)
+        img, quality = apply_distortions(rng, canonical(pixels), item.levels)
         # Fixed encoder settings keep the files byte-identical for a seed.
         img.save(dest / item.split / f"{name}.jpg", format="JPEG", quality=quality, subsampling=2, optimize=False)
         out.append(item)
@@ -385,10 +426,13 @@ the layout of the 2023 Samsung AI Challenge (IQA), for trying the kit without th
 Nothing here was downloaded and nothing here was rated by people.
 
 - Images: procedural scenes (gradients, shapes, stripes/checkers, textures, a toy landscape) and
-  crops of the sample images that ship with matplotlib, {sizes} pixels (width x height).
-- Distortions, 0-3 per image, each at strength 1-4: gaussian blur, gaussian noise, JPEG
+  crops of the sample images that ship with matplotlib, {sizes} pixels (width x height): near the
+  64-192 px the demo model sees. Each is first given a pristine look (grey-world white balance,
+  1 % / 99 % of the pixels at 8 / 247).
+- Distortions, 0-5 per image, each at strength 1-4: gaussian blur, gaussian noise, JPEG
   compression (the file's own quality; other images are saved at quality {clean}), contrast
-  loss, colour cast.
+  loss, colour cast. They co-occur: an image's badness b ~ U(0, 1) makes each present with
+  probability clip(1.5 (b - 0.15), 0, 1), at strength clip(round(0.5 + 4 b + N(0, 0.4)), 1, 4).
 - MOS (0-10): {top} - {rng_} * (1 - exp(-severity / {decay})) + noise (sd {sd}), clipped to
   [{lo}, {hi}]; severity = sum of the strengths / 4.
 - `train.csv` (`img_name,img_path,mos,comments`) has 1-3 rows per image, one per generated
@@ -414,8 +458,8 @@ def _write_tables(dest: Path, tables: dict[str, pd.DataFrame], seed: int, n_trai
 
 def make_demo_data(
     dest: str | Path,
-    n_train: int = 240,
-    n_test: int = 60,
+    n_train: int = 300,
+    n_test: int = 100,
     seed: int = 0,
     sizes: Sequence[Size] = DEFAULT_SIZES,
     overwrite: bool = False,
@@ -450,8 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Write a small synthetic IQA data set in the 2023 Samsung AI Challenge layout.",
     )
     parser.add_argument("dest", help="folder to create, e.g. data/demo")
-    parser.add_argument("--n-train", type=int, default=240, help="training images (default 240)")
-    parser.add_argument("--n-test", type=int, default=60, help="test images (default 60)")
+    parser.add_argument("--n-train", type=int, default=300, help="training images (default 300)")
+    parser.add_argument("--n-test", type=int, default=100, help="test images (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace the demo files of an earlier run in DEST")
     args = parser.parse_args(argv)
