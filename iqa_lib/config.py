@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 import numbers
 import os
 from pathlib import Path
@@ -40,7 +41,9 @@ Device = Literal["auto", "cuda", "cpu"]
 Flip = Literal["vertical", "horizontal", "none"]
 CheckImages = Literal["none", "open", "decode"]
 Logger = Literal["none", "tensorboard", "wandb", "mlflow"]  # train.logger: "none", or one or several of the others
-PRECISIONS, DEVICES, FLIPS, CHECK_MODES, LOGGERS = (get_args(t) for t in (Precision, Device, Flip, CheckImages, Logger))
+Loss = Literal["mse", "plcc", "nin", "rank"]  # train.loss: one, or a weighted sum (iqa_lib/losses.py)
+PRECISIONS, DEVICES, FLIPS, CHECK_MODES, LOGGERS, LOSSES = (
+    get_args(t) for t in (Precision, Device, Flip, CheckImages, Logger, Loss))
 
 # Notebook parameter -> the keys it sets (a notebook cannot name `train.epochs`).
 SHORTCUTS: dict[str, tuple[str, ...]] = {
@@ -106,6 +109,43 @@ def _logger_text(value: Any) -> Any:
 LoggerList = Annotated[str, BeforeValidator(_logger_text)]
 
 
+def loss_terms(spec: str) -> list[tuple[float, str]]:
+    """'0.5*mse + rank' -> [(0.5, 'mse'), (1.0, 'rank')]. Raises ValueError naming train.loss and the fix."""
+    def fail(reason: str) -> ValueError:
+        return ValueError(f"train.loss = {spec!r} is not valid: {reason}. Write one of {', '.join(LOSSES)} "
+                          f"or a weighted sum of them, e.g. \"mse\" or \"0.5*mse+0.5*rank\"")
+    if not isinstance(spec, str):
+        raise fail("a string is needed")
+    terms = []
+    for term in spec.split("+"):
+        weight, star, name = term.rpartition("*")
+        name = name.strip().lower()
+        if not name or (star and not weight.strip()):
+            raise fail("there is an empty term or weight (a stray '+' or '*'?)")
+        try:
+            w = float(weight) if weight.strip() else 1.0
+        except ValueError:
+            raise fail(f"the weight {weight.strip()!r} of {name!r} is not a number") from None
+        if not (math.isfinite(w) and w > 0):
+            raise fail(f"the weight of {name!r} must be a positive, finite number, not {weight.strip()}")
+        if name not in LOSSES:
+            close = difflib.get_close_matches(name, LOSSES, n=1)
+            raise fail(f"unknown loss {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        if name in (n for _, n in terms):
+            raise fail(f"{name!r} appears twice (add the weights instead)")
+        terms.append((w, name))
+    return terms
+
+
+def _loss_text(value: Any) -> Any:
+    if isinstance(value, str):
+        return "+".join(name if w == 1 else f"{w:g}*{name}" for w, name in loss_terms(value))  # checked, normalised
+    return value
+
+
+LossText = Annotated[str, BeforeValidator(_loss_text)]
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -122,13 +162,15 @@ class ModelParams(Section):
     drop_rate: Rate
     drop_path_rate: Rate
     vit_kwargs: dict[str, Any]
-    patch_size: Count
-    embed_dim: Count
+    patch_size: Optional[Count]
+    embed_dim: Optional[Count]
+    feature_blocks: Annotated[list[Annotated[Int, Field(ge=0)]], Field(min_length=1)]
 
 
 class OptimParams(Section):
     lr: Rate
     weight_decay: Rate
+    backbone_lr_scale: Annotated[float, BeforeValidator(_not_bool), Field(gt=0)]
 
 
 class ScheduleParams(Section):
@@ -166,6 +208,10 @@ class TrainParams(Section):
     devices: Count
     save_every_steps: Optional[Count]
     check_images: CheckImages
+    loss: LossText  # "mse" or a weighted sum of LOSSES: "0.5*mse+0.5*rank" (iqa_lib/losses.py)
+    ema_decay: Optional[Annotated[float, BeforeValidator(_not_bool), Field(gt=0, lt=1)]]
+    freeze_backbone: bool
+    feature_cache: bool
     logger: LoggerList  # "none" or a comma list of LOGGERS' trackers (iqa_lib.trackers)
 
     @property

@@ -7,7 +7,7 @@ The pipeline, from disk to the model::
                                    once into a memory-mapped file that every fold reuses
     IQADataset(store, targets)     (image uint8, target float32, index): no float maths in workers
     make_loader(dataset, ...)      a seeded DataLoader
-    to_model_input(images, ...)    on the device: flip (train), /255, (x - 0.5) / 0.5, NCHW
+    to_model_input(images, ...)    on the device: flip (train), /255, (x - mean) / std, NCHW
 
 Workers only copy bytes; the float conversion, normalisation and the random flip run on the
 device in `to_model_input`, where they cost almost nothing and use a generator the training
@@ -906,8 +906,11 @@ def to_model_input(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     channels_last: bool = False,
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.5, 0.5, 0.5),
 ) -> torch.Tensor:
-    """(B, S, S, 3) uint8 -> (B, 3, S, S) float32 in [-1, 1] on `device`: x / 255, then (x - 0.5) / 0.5.
+    """(B, S, S, 3) uint8 -> (B, 3, S, S) float32 on `device`: x / 255, then (x - mean) / std per
+    channel (the model's `cfg.mean` / `cfg.std`: its backbone's; 0.5 / 0.5 gives [-1, 1]).
 
     With `train=True` each image is flipped independently with probability 0.5 along
     `flip`: "vertical" (rows; the team's default, SPEC §4: their "horizontal" flip ran
@@ -929,4 +932,5 @@ def to_model_input(
     # Reorder while still uint8 (4x fewer bytes to move than after the float conversion).
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = x.permute(0, 3, 1, 2).contiguous(memory_format=fmt)
-    return x.float().div_(255.0).sub_(0.5).div_(0.5)
+    x = x.float().div_(255.0)
+    return x.sub_(torch.tensor(mean, device=x.device).view(1, 3, 1, 1)).div_(torch.tensor(std, device=x.device).view(1, 3, 1, 1))

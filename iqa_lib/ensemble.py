@@ -4,6 +4,11 @@ The team's ensemble takes, per test image, its predictions from every run,
 drops Tukey outliers (outside Q1 - 1.5 IQR .. Q3 + 1.5 IQR, bounds excluded)
 and averages the rest. Here that is one vectorised pass over an
 (images x runs) table instead of a per-image loop.
+
+Beside it, an ensemble weighted on the out-of-fold predictions
+(:func:`oof_weights`, :func:`weighted_ensemble`): one non-negative weight per
+resolution plus an intercept, fitted by least squares to the training MOS.
+:data:`METHODS` names every method :func:`ensemble` and 05_ensemble accept.
 """
 
 from __future__ import annotations
@@ -97,7 +102,9 @@ def plain_mean(preds: Any) -> np.ndarray:
     return np.where(n > 0, total / np.maximum(n, 1), np.nan)
 
 
-ENSEMBLE_METHODS = {"iqr": iqr_mean, "mean": plain_mean}
+ENSEMBLE_METHODS = {"iqr": iqr_mean, "mean": plain_mean}  # per image, nothing fitted
+OOF_WEIGHTED = "oof_weighted"  # per-resolution weights fitted on the out-of-fold predictions
+METHODS = (*ENSEMBLE_METHODS, OOF_WEIGHTED)  # every `method` of ensemble() and 05_ensemble.ipynb
 
 
 def _read_csv(path: PathLike) -> pd.DataFrame:
@@ -175,19 +182,195 @@ def _read_run(path: Path) -> pd.Series:
     return pd.Series(mos.to_numpy(), index=names)
 
 
-def ensemble(pred_table: pd.DataFrame, method: str = "iqr") -> pd.Series:
+def ensemble(pred_table: pd.DataFrame, method: str = "iqr", weights: Any = None) -> pd.Series:
     """Combine the runs of a :func:`load_predictions` table into one MOS per image.
 
     Args:
         pred_table: (images, runs) table indexed by img_name.
-        method: ``"iqr"`` (the team's outlier-filtered mean) or ``"mean"``.
+        method: one of :data:`METHODS`: ``"iqr"`` (the team's outlier-filtered mean),
+            ``"mean"``, or ``"oof_weighted"`` (:func:`weighted_ensemble`, which needs
+            ``weights``).
+        weights: for ``"oof_weighted"`` only: :func:`oof_weights` of these runs.
 
     Returns:
         Series named ``mos`` with the table's index.
     """
-    if method not in ENSEMBLE_METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {sorted(ENSEMBLE_METHODS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
+    if method == OOF_WEIGHTED:
+        if weights is None:
+            raise ValueError(f"method {OOF_WEIGHTED!r} needs weights: pass weights=oof_weights(outputs, "
+                             f"list(pred_table.columns)), fitted on these runs' oof.csv")
+        return weighted_ensemble(pred_table, weights).rename("mos")
+    if weights is not None:
+        raise ValueError(f"weights are used by method {OOF_WEIGHTED!r} only, not {method!r}: drop them or "
+                         f"use method={OOF_WEIGHTED!r}")
     return pd.Series(ENSEMBLE_METHODS[method](pred_table), index=pred_table.index, name="mos")
+
+
+# --------------------------------------------------------------------------------------------
+# the ensemble weighted on out-of-fold predictions
+# --------------------------------------------------------------------------------------------
+INTERCEPT = "intercept"
+
+
+def _split_run_name(name: Any) -> tuple[str, int]:
+    """'448_fold1' -> ('448', 1); a ValueError for anything else."""
+    res, sep, fold = str(name).partition("_fold")
+    if not sep or not res.isdigit() or not fold.isdigit():
+        raise ValueError(f"run name {name!r} is not of the form '{{res}}_fold{{k}}' (e.g. '448_fold1'): "
+                         "the weighted ensemble groups runs by resolution by their names")
+    return str(int(res)), int(fold)
+
+
+def _by_resolution(run_names: Sequence[Any]) -> dict[str, list[tuple[Any, int]]]:
+    """{res: [(run name, fold), ...]} in the order the resolutions first appear."""
+    groups: dict[str, list[tuple[Any, int]]] = {}
+    for name in run_names:
+        res, fold = _split_run_name(name)
+        groups.setdefault(res, []).append((name, fold))
+    return groups
+
+
+def _read_oof(path: Path) -> pd.DataFrame:
+    """A run's oof.csv (img_name, mos, pred) with numeric mos and pred."""
+    df = _read_csv(path)
+    missing_cols = [c for c in ("img_name", "mos", "pred") if c not in df.columns]
+    if missing_cols:
+        raise ValueError(f"{path}: missing column(s) {missing_cols}; columns present: {list(df.columns)}")
+    for col in ("mos", "pred"):
+        try:
+            df[col] = pd.to_numeric(df[col].replace("", np.nan)).astype(np.float64)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}: column {col!r} is not numeric ({err})") from err
+    return df
+
+
+def _check_weights(weights: Any) -> pd.Series:
+    """`weights` (Series or mapping, resolutions may be int) as a float Series with str labels."""
+    w = pd.Series(weights, dtype=np.float64)
+    w.index = w.index.map(str)
+    if INTERCEPT not in w.index or len(w) < 2:
+        raise ValueError(f"weights need one entry per resolution and an {INTERCEPT!r} entry (as oof_weights "
+                         f"returns), got {w.to_dict()}")
+    if not np.isfinite(w.to_numpy()).all():
+        raise ValueError(f"weights must be finite numbers, got {w.to_dict()}")
+    return w
+
+
+def _weighted_sum(means: pd.DataFrame, weights: Any, runs: Mapping[str, Sequence[Any]]) -> np.ndarray:
+    """sum_r w_r * means[r] + intercept; `means` has one column per resolution (str)."""
+    w = _check_weights(weights)
+    resolutions = [r for r in w.index if r != INTERCEPT]
+    unweighted = [r for r in means.columns if r not in resolutions]
+    if unweighted:
+        raise ValueError(f"no weight for resolution(s) {unweighted} (runs {[n for r in unweighted for n in runs[r]]}); "
+                         f"the weights cover {resolutions}: fit them on these runs, "
+                         f"oof_weights(outputs, list(pred_table.columns))")
+    absent = [r for r in resolutions if r not in means.columns]
+    if absent:
+        raise ValueError(f"the weights give resolution(s) {absent} a weight but there is no run of them here "
+                         f"(resolutions {list(means.columns)}): fit the weights on the runs you combine")
+    x = means[resolutions].to_numpy(dtype=np.float64)
+    return x @ w[resolutions].to_numpy() + w[INTERCEPT]
+
+
+def oof_weights(outputs: Outputs, run_names: Sequence[str]) -> pd.Series:
+    """Per-resolution ensemble weights fitted on the runs' out-of-fold predictions.
+
+    The runs (named ``{res}_fold{k}``) are grouped by resolution. A resolution's
+    out-of-fold prediction of a training image comes from the run whose
+    validation fold holds it (its folds' ``oof.csv`` together: with every fold,
+    each training image once). On the images every resolution covers, the MOS is
+    fitted by least squares as ``sum_r w_r * pred_r + intercept`` with
+    ``w_r >= 0`` and a free intercept (``scipy.optimize.lsq_linear``). With one
+    resolution this is a linear recalibration of it.
+
+    The fit sees the same predictions that :func:`oof_scores` scores it on, so
+    its out-of-fold score is optimistic; test labels (a holdout) tell whether
+    the weights carry over. Note also that a resolution's OOF prediction is one
+    run's, while on the test set :func:`weighted_ensemble` weights the mean of
+    its runs.
+
+    Args:
+        outputs: the output layout (``outputs.run(res, fold).oof``).
+        run_names: the runs to combine, e.g. the columns of a prediction table.
+
+    Returns:
+        float Series named ``weight``, indexed by resolution (``"384"``,
+        ``"448"``..., ascending) then ``"intercept"``;
+        ``.attrs["images"]`` is the number of training images fitted on.
+
+    Raises:
+        ValueError: a run name not of the form ``{res}_fold{k}``, a missing or
+            malformed ``oof.csv`` (the file is named), resolutions whose folds
+            differ (so their images do not line up: the missing runs are named),
+            or fewer common images than weights to fit.
+    """
+    groups = dict(sorted(_by_resolution(run_names).items(), key=lambda item: int(item[0])))
+    if not groups:
+        raise ValueError("no runs given: pass run names like '448_fold0' (e.g. the prediction table's columns)")
+    files = {name: outputs.run(int(res), fold).oof for res, runs in groups.items() for name, fold in runs}
+    missing = [f"{name} ({path})" for name, path in files.items() if not path.is_file()]
+    if missing:
+        raise ValueError(f"no out-of-fold predictions for {len(missing)} run(s): {_first(missing)}. Training "
+                         "(notebooks/03_train.ipynb) writes a run's oof.csv at its best epoch: train or finish "
+                         "those runs, or leave them out of the runs you combine")
+    folds = {res: sorted({fold for _, fold in runs}) for res, runs in groups.items()}
+    every = sorted(set().union(*map(set, folds.values())))
+    lacking = {res: [k for k in every if k not in ks] for res, ks in folds.items() if ks != every}
+    if lacking:
+        raise ValueError("the resolutions' out-of-fold predictions do not cover the same training images: "
+                         + "; ".join(f"resolution {res} lacks fold(s) {ks} (runs {[f'{res}_fold{k}' for k in ks]})"
+                                     for res, ks in lacking.items())
+                         + f". Combine runs with the same folds {every} at every resolution (train the missing "
+                           "ones, or leave the extra folds out)")
+
+    preds, mos = {}, None
+    for res, runs in groups.items():
+        oof = pd.concat([_read_oof(files[name]) for name, _ in runs]).drop_duplicates("img_name", keep="last")
+        oof = oof.set_index("img_name")
+        preds[res] = oof["pred"]
+        mos = oof["mos"] if mos is None else mos
+    table = pd.concat(preds, axis=1, join="inner")
+    table = table.assign(_mos=mos.reindex(table.index)).replace([np.inf, -np.inf], np.nan).dropna()
+    n_params = len(groups) + 1
+    if len(table) <= n_params:
+        raise ValueError(f"only {len(table)} training image(s) have a finite out-of-fold prediction at every "
+                         f"resolution ({list(groups)}) and a MOS: too few to fit {n_params} weights. Check the "
+                         f"runs' oof.csv files ({_first([str(p) for p in files.values()], 3)})")
+
+    from scipy.optimize import lsq_linear
+
+    a = np.column_stack([table[list(groups)].to_numpy(dtype=np.float64), np.ones(len(table))])
+    lower = np.r_[np.zeros(len(groups)), -np.inf]
+    fit = lsq_linear(a, table["_mos"].to_numpy(dtype=np.float64), bounds=(lower, np.full(n_params, np.inf)))
+    weights = pd.Series(fit.x, index=pd.Index([*groups, INTERCEPT]), name="weight")
+    weights.attrs["images"] = len(table)
+    return weights
+
+
+def weighted_ensemble(pred_table: pd.DataFrame, weights: Any) -> pd.Series:
+    """Per image, ``sum_r w_r * mean_r + intercept``: ``mean_r`` the plain mean of the
+    predictions of resolution ``r``'s runs (the columns ``{r}_fold{k}``).
+
+    Args:
+        pred_table: (images, runs) table indexed by img_name, columns named ``{res}_fold{k}``.
+        weights: :func:`oof_weights`' Series (or a mapping ``{res: weight, "intercept": b}``).
+
+    Returns:
+        Series named ``mos`` with the table's index.
+
+    Raises:
+        ValueError: a column not named ``{res}_fold{k}``, a resolution without a
+            weight, or a weighted resolution without any column.
+    """
+    groups = _by_resolution(pred_table.columns)
+    if not groups:
+        raise ValueError("pred_table has no runs")
+    names = {res: [name for name, _ in runs] for res, runs in groups.items()}
+    means = pd.DataFrame({res: plain_mean(pred_table[cols]) for res, cols in names.items()}, index=pred_table.index)
+    return pd.Series(_weighted_sum(means, weights, names), index=pred_table.index, name="mos")
 
 
 def write_submission(
@@ -300,10 +483,12 @@ def _scores(pred: Any, truth: Any) -> dict[str, float]:
     return {k: round(v, 4) for k, v in all_metrics(np.asarray(pred, float), np.asarray(truth, float)).items()}
 
 
-def oof_scores(outputs: Outputs, run_names: Sequence[str]) -> pd.DataFrame:
+def oof_scores(outputs: Outputs, run_names: Sequence[str], weights: Any = None) -> pd.DataFrame:
     """Out-of-fold PLCC / SRCC / challenge score of each run, each resolution (its folds'
     oof.csv together) and the ensemble across resolutions (mean and IQR-filtered mean of the
-    resolutions' predictions, on the images every resolution predicted)."""
+    resolutions' predictions, on the images every resolution predicted). With `weights`
+    (:func:`oof_weights`), a row for the weighted sum too, marked "(in-sample)": its weights
+    were fitted on these very predictions, so its score is optimistic."""
     rows, by_res = [], {}
     for name in run_names:
         path = outputs.run(*map(int, name.split("_fold"))).oof
@@ -326,6 +511,14 @@ def oof_scores(outputs: Outputs, run_names: Sequence[str]) -> pd.DataFrame:
                 rows.append({"level": "ensemble", "name": f"{label} over {len(per_res)} resolution(s)",
                              "runs": sum(len(p) for p in by_res.values()), "images": len(table),
                              **_scores(fn(table), mos)})
+            if weights is not None:
+                means = table.rename(columns=str)
+                fitted = _weighted_sum(means, weights, {r: [n for n in run_names if n.startswith(f"{r}_fold")]
+                                                        for r in means.columns})
+                rows.append({"level": "ensemble",
+                             "name": f"{OOF_WEIGHTED} over {len(per_res)} resolution(s) (in-sample)",
+                             "runs": sum(len(p) for p in by_res.values()), "images": len(table),
+                             **_scores(fitted, mos)})
     return pd.DataFrame(rows)
 
 

@@ -21,17 +21,31 @@ from . import data as D
 from .checkpoint import CheckpointError, atomic_write_text, load_model_checkpoint
 from .config import PRECISIONS, Config, ConfigError
 from .crops import grid_crops, whole_image_view
-from .model import MANIQA, MANIQAConfig
+from .model import MANIQA, MANIQAConfig, describe_backbone
 
 # The model section's keys that are MANIQAConfig fields (the others say how to build or feed it).
 MODEL_KEYS = ("img_size", "backbone", "head_hidden", "head_dropout", "drop_rate", "drop_path_rate", "vit_kwargs",
-              "patch_size", "embed_dim")
+              "patch_size", "embed_dim", "feature_blocks")
 
 
 def model_config(cfg: Config) -> MANIQAConfig:
-    """The checked MANIQAConfig a run's parameters describe."""
-    mcfg = MANIQAConfig(**{k: getattr(cfg.model, k) for k in MODEL_KEYS})
+    """The checked MANIQAConfig a run's parameters describe. What the backbone decides (its patch,
+    width and input normalisation) is read from it; patch_size / embed_dim given in the parameters
+    must agree with it."""
+    fields = {k: getattr(cfg.model, k) for k in MODEL_KEYS}
+    fields["feature_blocks"] = tuple(fields["feature_blocks"])
     try:
+        vit = describe_backbone(cfg.model.backbone, cfg.model.img_size, cfg.model.vit_kwargs)
+        for key in ("patch_size", "embed_dim"):
+            if fields[key] is None:
+                fields[key] = vit[key]
+            elif fields[key] != vit[key]:
+                raise ValueError(f"model.{key} is {fields[key]} but backbone '{cfg.model.backbone}' has {vit[key]}: "
+                                 f"set it to null (read from the backbone) or to {vit[key]}")
+        if max(fields["feature_blocks"]) >= vit["depth"]:
+            raise ValueError(f"model.feature_blocks {list(fields['feature_blocks'])} need a ViT deeper than the "
+                             f"{vit['depth']} blocks of '{cfg.model.backbone}': use blocks 0..{vit['depth'] - 1}")
+        mcfg = MANIQAConfig(**fields, mean=vit["mean"], std=vit["std"])
         mcfg.validate()
     except ValueError as e:
         raise ConfigError(f"the model parameters (profile {cfg.profile!r}, res {cfg.res}) do not make a valid "
@@ -80,7 +94,7 @@ def predict_indices(model, dataset, indices, device, amp_dtype, batch_size=32, n
                            num_workers=num_workers)
     out = []
     for images, _, _ in loader:
-        x = D.to_model_input(images, train=False, device=device)
+        x = D.to_model_input(images, train=False, device=device, mean=model.cfg.mean, std=model.cfg.std)
         places = grid_crops(x, crop, crop_grid) if crop and crop < x.shape[-1] else [x]
         views = [v for c in places for v in ((c, c.flip(-2), c.flip(-1)) if tta else (c,))]
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):

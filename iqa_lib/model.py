@@ -1,10 +1,15 @@
 """MANIQA (NTIRE 2022 NR-IQA winner) and the team's 384 / 448 / 640 variants, SPEC §3.
 
 One class builds every variant from a `MANIQAConfig`; `build_maniqa(res)` is the one-call
-builder. Two forward paths share the weights and agree to float rounding:
+builder. The backbone may be any timm ViT with `forward_intermediates` (the team's
+vit_base_patch16_384, DINOv2, EVA, DeiT...): `describe_backbone` reads its patch, width, depth and
+input normalisation from the model itself. Two forward paths share the weights and agree to
+float rounding:
 
-- `forward` (fast, default): ViT blocks 6-9 from timm's `forward_intermediates` without running
-  blocks 10-11, fused attention, the score head vectorised over the batch.
+- `forward` (fast, default) = `head(features(x))`: the feature blocks from timm's
+  `forward_intermediates` without running the blocks after them, fused attention, the score head
+  vectorised over the batch. With a frozen backbone the trainer may cache `features` once and
+  train `head` alone (iqa_lib/features.py).
 - `forward_reference`: what the official code does: hooks on every ViT block, the whole ViT
   run (final norm and classifier included), attention spelled out, a per-image head loop.
 """
@@ -12,6 +17,7 @@ import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 
 import timm
@@ -42,6 +48,12 @@ class MANIQAConfig:
     drop_rate: float = 0.1  # TAB and Swin dropout (official default, not tuned by the team)
     drop_path_rate: float = 0.1
     vit_kwargs: dict = field(default_factory=dict)  # extra timm arguments (small test/demo backbones)
+    # Input normalisation (x / 255 - mean) / std, per RGB channel: the backbone's pretrained config's
+    # (describe_backbone). 0.5 / 0.5 is vit_base_patch16_384's, so the team's recipe is unchanged.
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    _TUPLES = ("feature_blocks", "depths", "num_heads", "mean", "std")
 
     @property
     def grid(self) -> int:
@@ -49,13 +61,14 @@ class MANIQAConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["feature_blocks"], d["depths"], d["num_heads"] = map(list, (self.feature_blocks, self.depths, self.num_heads))
+        for k in self._TUPLES:
+            d[k] = list(d[k])
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "MANIQAConfig":
-        d = dict(d)
-        for k in ("feature_blocks", "depths", "num_heads"):
+        d = dict(d)  # checkpoints older than `mean` / `std` were all trained with 0.5 / 0.5: the defaults
+        for k in cls._TUPLES:
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -90,6 +103,29 @@ VARIANTS: dict[str, MANIQAConfig] = {
 
 class PretrainedWeightsError(RuntimeError):
     """The backbone's pretrained weights could not be had; the message says what to pass."""
+
+
+@lru_cache(maxsize=32)
+def _describe(backbone: str, img_size: int, vit_items: tuple) -> dict:
+    try:
+        with torch.device("meta"):  # the architecture without allocating or initialising a weight
+            vit = timm.create_model(backbone, pretrained=False, img_size=img_size, **dict(vit_items))
+    except Exception as e:
+        hint = ", ".join(timm.list_models(f"*{backbone.split('_')[0]}*")[:6]) if backbone else ""
+        raise ValueError(f"model.backbone '{backbone}' could not be built by timm ({type(e).__name__}: {e}). "
+                         f"Use a timm ViT name{f', e.g. {hint}' if hint else ''}.") from None
+    if not all(hasattr(vit, a) for a in ("forward_intermediates", "patch_embed", "blocks", "embed_dim")):
+        raise ValueError(f"model.backbone '{backbone}' is not a timm ViT with forward_intermediates (a patch "
+                         f"embedding and a list of blocks): MANIQA needs one, e.g. vit_base_patch16_384.")
+    pcfg = getattr(vit, "pretrained_cfg", None) or {}
+    return dict(patch_size=int(vit.patch_embed.patch_size[0]), embed_dim=int(vit.embed_dim), depth=len(vit.blocks),
+                mean=tuple(pcfg.get("mean", (0.5, 0.5, 0.5))), std=tuple(pcfg.get("std", (0.5, 0.5, 0.5))))
+
+
+def describe_backbone(backbone: str, img_size: int, vit_kwargs: dict | None = None) -> dict:
+    """What MANIQA needs to know of a timm ViT, read from the model (built on the meta device: no
+    weights, no download): patch_size, embed_dim, depth, and its pretrained config's mean / std."""
+    return dict(_describe(backbone, int(img_size), tuple(sorted((vit_kwargs or {}).items()))))
 
 
 def create_backbone(cfg: MANIQAConfig, pretrained: bool, weights_file: str | os.PathLike | None = None) -> nn.Module:
@@ -167,6 +203,7 @@ class MANIQA(nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.vit = create_backbone(cfg, pretrained, weights_file)
+        self.backbone_frozen = False
         patch = self.vit.patch_embed.patch_size[0]
         if patch != cfg.patch_size or self.vit.embed_dim != cfg.embed_dim:
             raise ValueError(
@@ -211,14 +248,36 @@ class MANIQA(nn.Module):
         x = self.swintransformer2(self.conv2(x.unflatten(2, (g, g))), fused)
         return x.flatten(2).transpose(1, 2)  # (B, N, D/2) tokens
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Fast path: (B, 3, S, S) normalised images -> (B,) scores."""
+    def freeze_backbone(self) -> "MANIQA":
+        """Train the head only: the ViT gets no gradients and stays in eval mode (see `train`)."""
+        self.backbone_frozen = True
+        for p in self.vit.parameters():
+            p.requires_grad_(False)
+        self.vit.eval()
+        return self
+
+    def train(self, mode: bool = True) -> "MANIQA":
+        super().train(mode)
+        if self.backbone_frozen:
+            self.vit.eval()  # a frozen backbone computes what the feature cache stored
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised images -> (B, len(feature_blocks) * D, N) backbone features."""
         feats = self.vit.forward_intermediates(
             x, indices=list(self.cfg.feature_blocks), stop_early=True, intermediates_only=True
-        )  # each (B, D, g, g), CLS token dropped
-        x = self._stages(torch.cat(feats, dim=1).flatten(2), fused=True)
+        )  # each (B, D, g, g), prefix tokens (CLS, registers) dropped
+        return torch.cat(feats, dim=1).flatten(2)
+
+    def head(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, len(feature_blocks) * D, N) backbone features -> (B,) scores."""
+        x = self._stages(feats, fused=True)
         f, w = self.fc_score(x), self.fc_weight(x)  # (B, N, 1)
         return ((f * w).sum(dim=(1, 2)) / w.sum(dim=(1, 2)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fast path: (B, 3, S, S) normalised images -> (B,) scores."""
+        return self.head(self.features(x))
 
     @torch.compiler.disable
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:

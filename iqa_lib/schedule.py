@@ -105,7 +105,7 @@ class CosineAnnealingWarmupRestarts(LRScheduler):
         return self.base_max_lr * self.gamma**self.cycle
 
     def get_lr(self) -> list[float]:
-        """Learning rate for the current position, the same for every param group."""
+        """Learning rate for the current position (times a param group's `lr_scale`, if it has one)."""
         if self.last_epoch == 0:
             lr = self.min_lr
         elif self.step_in_cycle < self.warmup_steps:
@@ -116,7 +116,8 @@ class CosineAnnealingWarmupRestarts(LRScheduler):
             s, w = self.step_in_cycle, self.warmup_steps
             angle = math.pi * (s - w) / (self.cur_cycle_steps - w)
             lr = self.min_lr + (self.cycle_max_lr - self.min_lr) * (1 + math.cos(angle)) / 2
-        return [lr] * len(self.optimizer.param_groups)
+        # A group may scale it (train.py: the backbone's `lr_scale`); without the key, the same for all.
+        return [lr * group["lr_scale"] if "lr_scale" in group else lr for group in self.optimizer.param_groups]
 
     def step(self, epoch: int | None = None) -> None:
         """Advance one step and update every param group's ``lr``.

@@ -25,17 +25,19 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from . import data as D
 from .checkpoint import (KIT_FORMAT, CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text,
                          check_writable, remove_stale_temp_files, safe_torch_load)
-from .config import Config, RunFiles, flatten
+from .config import Config, ConfigError, RunFiles, flatten
 from .crops import random_crops, whole_image_view
+from .features import FeatureCache, views as feature_views
 from .folds import folds_for_table, recorded_split, split_fingerprint, stale_message, write_folds
 from .infer import autocast_dtype, input_view, model_config, pick_device, predict_indices
 from .lock import hold
+from .losses import make_loss
 from .metrics import all_metrics
 from .model import MANIQA, MANIQAConfig
 from .runinfo import environment_info, now_iso
@@ -199,7 +201,13 @@ def _check_same_recipe(run_dir: Path, cfg: Config) -> None:
     if not old:
         return
     before, now = flatten(old), flatten(cfg.to_dict())
-    changed = sorted(k for k in before.keys() | now.keys()
+    mcfg = model_config(cfg)  # null patch_size / embed_dim mean the backbone's: compare what they resolve to
+    for key, value in (("model.patch_size", mcfg.patch_size), ("model.embed_dim", mcfg.embed_dim)):
+        for d in (before, now):
+            if d.get(key) is None:
+                d[key] = value
+    # Keys the run's manifest lacks are parameters added since, at their defaults: not a change.
+    changed = sorted(k for k in before.keys()
                      if before.get(k) != now.get(k) and not k.startswith(_RUNTIME_KEYS))
     if not changed:
         return
@@ -289,10 +297,28 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
     if state is not None:
         model.load_state_dict(state["model"])
     model.to(device)
+    if tp.freeze_backbone:
+        model.freeze_backbone()
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+        param_groups(model, cfg.optim.backbone_lr_scale), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
         fused=True,  # one kernel for all parameters, on CUDA and CPU alike
     )
+    # EMA of the weights (train.ema_decay): validated, and saved as the checkpoint, in place of the raw ones.
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tp.ema_decay)) if tp.ema_decay else None)
+    if ema is not None and state is not None and state.get("ema") is not None:
+        ema.load_state_dict(state["ema"])
+    eval_model = ema.module if ema is not None else model
+    loss_fn = make_loss(tp.loss)
+    # Frozen backbone + feature cache: the ViT's outputs computed once, then an epoch runs the head only.
+    cache = None
+    if tp.freeze_backbone and tp.feature_cache:
+        if view["load_size"] > mcfg.img_size:
+            raise ConfigError(
+                f"train.feature_cache stores the features of whole images, but model.load_size ({view['load_size']}) "
+                f"> img_size ({mcfg.img_size}) asks for random crops: set model.load_size null, or "
+                f"train.feature_cache false (the frozen backbone then runs on every crop).")
+        cache = FeatureCache.build(model, store, feature_views(tp.flip), cfg.outputs.cache / "features", device=device,
+                                   amp_dtype=amp_dtype, batch_size=tp.val_batch_size, progress=progress)
     scheduler = CosineAnnealingWarmupRestarts(optimizer, **cfg.schedule.model_dump())
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     epoch, step, start_batch, history, best = 0, 0, 0, [], {"epoch": None, VAL_METRIC: -math.inf}
@@ -306,12 +332,13 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
         partial = state.get("partial_loss", (0.0, 0))
         if is_main:
             print(f"{name}: resuming at epoch {epoch}, batch {start_batch}, step {step}")
-    ddp_model = model
+    ddp_model = HeadOnly(model) if cache is not None else model  # with the cache, batches are features
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
+            ddp_model, device_ids=[device.index] if device.type == "cuda" else None,
         )
     train_model = torch.compile(ddp_model) if tp.compile else ddp_model
+    targets_all = torch.as_tensor(folds["mos"].to_numpy(np.float32))
 
     # -- bookkeeping -------------------------------------------------------------------------
     manifest_path = files.manifest
@@ -338,7 +365,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
             "format": KIT_FORMAT + "+last", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_,
             "step": step, "batch_in_epoch": batch_in_epoch, "partial_loss": list(partial_loss),
-            "history": history, "best": best,
+            "history": history, "best": best, "ema": ema.state_dict() if ema is not None else None,
             "rng": {"torch": torch.get_rng_state(), "flip": flip_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
             "model_config": mcfg.to_dict(), "input": view, "config": cfg.to_dict(), "split": split,
@@ -361,10 +388,13 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                     torch.cuda.set_rng_state(rng["cuda"], device)
             rng = None
             sampler = EpochBatches(train_idx, batch_size, seed, epoch, start=start_batch, rank=rank, world=world)
-            loader = D.make_loader(
-                dataset, batch_size=None, shuffle=False, num_workers=tp.num_workers,
-                seed=seed, sampler=sampler,
-            )
+            if cache is None:
+                loader = D.make_loader(
+                    dataset, batch_size=None, shuffle=False, num_workers=tp.num_workers,
+                    seed=seed, sampler=sampler,
+                )
+            else:  # features, no image: a batch is rows of the cache
+                loader = ((rows, targets_all[rows], rows) for rows in sampler)
             model.train()
             t0, seen = time.perf_counter(), 0
             loss_sum, loss_n = torch.tensor(float(partial[0]), device=device), int(partial[1])
@@ -372,13 +402,17 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
             bar = tqdm(loader, desc=f"{name} epoch {epoch}", disable=not progress, leave=False,
                        total=len(sampler), dynamic_ncols=True)
             for b, (images, targets, _) in enumerate(bar, start=start_batch):
-                if view["load_size"] > mcfg.img_size:
-                    images = random_crops(images, mcfg.img_size, flip_gen)
-                x = D.to_model_input(images, train=True, flip=flip, generator=flip_gen, device=device)
+                if cache is not None:
+                    x = cache.train_batch(images, flip_gen, device)
+                else:
+                    if view["load_size"] > mcfg.img_size:
+                        images = random_crops(images, mcfg.img_size, flip_gen)
+                    x = D.to_model_input(images, train=True, flip=flip, generator=flip_gen, device=device,
+                                         mean=mcfg.mean, std=mcfg.std)
                 y = targets.to(device, non_blocking=True) / mos_scale
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     pred = train_model(x)
-                loss = F.mse_loss(pred.float(), y)
+                loss = loss_fn(pred.float(), y)
                 scaler.scale(loss / accum).backward()
                 loss_sum += loss.detach()
                 loss_n += 1
@@ -388,6 +422,8 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
                     scheduler.step()
+                    if ema is not None:
+                        ema.update_parameters(model)
                     step += 1
                     trackers.log_step(step, loss_sum, loss_n, scheduler.get_last_lr()[0])
                     if step % 10 == 0 or progress:
@@ -406,9 +442,12 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
             train_seconds = time.perf_counter() - t0
 
             # -- validation (every rank predicts its share; all get every prediction) --------
-            preds = predict_indices(model, dataset, val_idx, device, amp_dtype,
-                                    batch_size=tp.val_batch_size, num_workers=tp.num_workers, rank=rank, world=world,
-                                    crop=mcfg.img_size, crop_grid=view["crop_grid"])
+            if cache is not None:
+                preds = cache.predict(eval_model, val_idx, device, amp_dtype, batch_size=tp.val_batch_size)
+            else:
+                preds = predict_indices(eval_model, dataset, val_idx, device, amp_dtype,
+                                        batch_size=tp.val_batch_size, num_workers=tp.num_workers, rank=rank,
+                                        world=world, crop=mcfg.img_size, crop_grid=view["crop_grid"])
             truth = folds["mos"].to_numpy(np.float64)[val_idx]
             if is_main and not np.any(preds):
                 print(f"{name}: WARNING every validation prediction is 0: the score head's final ReLU is dead "
@@ -425,7 +464,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                 best = {"epoch": epoch, **metrics, "val_loss": val_loss}
                 patience_left = patience
                 if is_main:
-                    save_best(model, mcfg, cfg, epoch, metrics)
+                    save_best(eval_model, mcfg, cfg, epoch, metrics)
                     oof = folds.iloc[val_idx][["img_name", "mos"]].assign(pred=np.clip(preds * mos_scale, 0, mos_scale))
                     atomic_write_text(files.oof, oof.to_csv(index=False))
             else:
@@ -457,6 +496,26 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
         manifest.pop("error", None)
         atomic_write_json(manifest_path, manifest)
     trackers.finish(best)
+
+
+class HeadOnly(torch.nn.Module):
+    """MANIQA's head as a module of its own, for batches of cached backbone features (DDP, compile)."""
+
+    def __init__(self, model: MANIQA):
+        super().__init__()
+        self.model = model
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.model.head(feats)
+
+
+def param_groups(model: MANIQA, backbone_lr_scale: float) -> list[dict]:
+    """One group (the team's), or the ViT apart with its learning rate scaled (schedule.py reads `lr_scale`)."""
+    if backbone_lr_scale == 1.0:
+        return [{"params": list(model.parameters())}]
+    vit = {id(p) for p in model.vit.parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) not in vit]},
+            {"params": list(model.vit.parameters()), "lr_scale": backbone_lr_scale}]
 
 
 def _check_finite(loss_sum: torch.Tensor, name: str, epoch: int, step: int) -> None:

@@ -25,7 +25,8 @@ from iqa_lib.infer import model_config
 REPO = Path(__file__).resolve().parents[1]
 REPO_PARAMS = REPO / "params"
 TEAM_RES = [384, 448, 640]
-SMALL_RES = [64, 128, 192]  # demo and cpu: real input sizes a CPU trains at
+SMALL_RES = [64, 128, 192]  # demo: real input sizes a CPU trains at
+CPU_RES = [112, 168, 224]  # cpu: the DINOv2 ViT-S/14's token grids 8 / 12 / 16
 FLOAT_KEYS = ["mos_scale", "optim.lr", "optim.weight_decay", "schedule.cycle_mult", "schedule.max_lr",
               "schedule.min_lr", "schedule.gamma", "model.head_dropout", "model.drop_rate", "model.drop_path_rate"]
 
@@ -77,9 +78,13 @@ def test_team_profile_is_the_recipe():
         cfg = load_config("team", res, 0)
         assert (cfg.res, cfg.fold, cfg.profile) == (res, 0, "team")
         assert cfg.model.img_size == cfg.model.load_size == res  # null = res, whole images
-        assert cfg.model.crop_grid == 1 and cfg.model.vit_kwargs == {} and cfg.model.embed_dim == 768
+        assert cfg.model.crop_grid == 1 and cfg.model.vit_kwargs == {} and cfg.model.embed_dim is None
+        assert cfg.model.feature_blocks == [6, 7, 8, 9] and cfg.train.loss == "mse" and cfg.train.ema_decay is None
+        assert not cfg.train.freeze_backbone and cfg.optim.backbone_lr_scale == 1.0
+        mcfg = model_config(cfg)  # width, patch and normalisation read from vit_base_patch16_384
+        assert (mcfg.embed_dim, mcfg.patch_size, mcfg.mean, mcfg.std) == (768, 16, (0.5,) * 3, (0.5,) * 3)
         assert cfg.train.batch_size == batch
-        assert cfg.optim.model_dump() == {"lr": 1e-5, "weight_decay": 1e-5}
+        assert cfg.optim.model_dump() == {"lr": 1e-5, "weight_decay": 1e-5, "backbone_lr_scale": 1.0}
         assert cfg.schedule.model_dump() == dict(first_cycle_steps=800, cycle_mult=1.0, max_lr=1e-5, min_lr=1e-10,
                                                  warmup_steps=200, gamma=0.9)
         assert (cfg.seed, cfg.n_folds, cfg.mos_scale, cfg.train.patience, cfg.train.epochs) == (4420, 5, 10.0, 15, 200)
@@ -88,18 +93,22 @@ def test_team_profile_is_the_recipe():
 
 
 def test_demo_and_cpu_profiles_override_the_recipe():
-    assert profile_resolutions("demo") == profile_resolutions("cpu") == SMALL_RES
-    for res in SMALL_RES:
+    assert profile_resolutions("demo") == SMALL_RES and profile_resolutions("cpu") == CPU_RES
+    for res, epochs in zip(SMALL_RES, (6, 2, 2)):
         cfg = load_config("demo", res, 4)
-        assert cfg.train.batch_size == 8 and cfg.train.epochs == 10  # the profile's top level beats base.yaml
+        assert cfg.train.batch_size == 8 and cfg.train.epochs == epochs  # the profile's beat base.yaml's
         assert cfg.model.pretrained is False and cfg.train.num_workers == 0
         assert cfg.model.img_size == cfg.model.load_size == res  # the profile's sizes are the real inputs
-        assert cfg.model.embed_dim == cfg.model.vit_kwargs["embed_dim"] == 64
+        assert model_config(cfg).embed_dim == cfg.model.vit_kwargs["embed_dim"] == 64
         assert cfg.optim.lr == cfg.schedule.max_lr == 3.0e-4
         assert cfg.out_dir == str(REPO / "outputs" / "demo")
+    for res in CPU_RES:
         cpu = load_config("cpu", res, 0)
-        assert cpu.model.img_size == res and cpu.model.load_size == res * 9 // 8 and cpu.model.crop_grid == 2
-        assert cpu.model.pretrained is False and cpu.out_dir == str(REPO / "outputs" / "clive")
+        assert cpu.model.img_size == cpu.model.load_size == res and cpu.model.crop_grid == 1
+        assert cpu.model.pretrained is True and cpu.model.backbone == "vit_small_patch14_dinov2"
+        assert cpu.model.weights_file == str((REPO / "../shared/weights/vit_small_patch14_dinov2.safetensors").resolve())
+        assert cpu.train.freeze_backbone and cpu.train.feature_cache and cpu.out_dir == str(REPO / "outputs" / "clive")
+        assert model_config(cpu).grid == res // 14
 
 
 def test_overrides_nested_dotted_and_free_form():
@@ -158,7 +167,7 @@ def test_results_are_independent_copies():
     a.model.vit_kwargs["extra"] = 1
     a.train.epochs = 99
     b = load_config("demo", 64, 0)
-    assert b.model.vit_kwargs == {"embed_dim": 64, "depth": 10, "num_heads": 2} and b.train.epochs == 10
+    assert b.model.vit_kwargs == {"embed_dim": 64, "depth": 10, "num_heads": 2} and b.train.epochs == 6
     assert ov == {"model": {"vit_kwargs": {"depth": 11}}}  # the caller's overrides are left alone
     assert load_config("demo", 64, 0, ov).model.vit_kwargs["depth"] == 11
 
@@ -183,7 +192,7 @@ def test_every_profile_and_res_loads_floats_and_builds_a_config(profile, res):
     for key in FLOAT_KEYS:
         assert type(get(cfg, key)) is float, key
     mcfg = model_config(cfg)  # MANIQAConfig + validate; builds no network and downloads nothing
-    assert mcfg.img_size == cfg.model.img_size == res and mcfg.embed_dim == cfg.model.embed_dim
+    assert mcfg.img_size == cfg.model.img_size == res and cfg.model.embed_dim in (None, mcfg.embed_dim)
     assert mcfg.vit_kwargs == cfg.model.vit_kwargs and mcfg.backbone == cfg.model.backbone
     assert mcfg.img_size % mcfg.patch_size == 0 and mcfg.grid % mcfg.window_size == 0
     assert cfg.model.load_size >= cfg.model.img_size

@@ -6,6 +6,7 @@ import torch
 from iqa_lib.crops import grid_crops, grid_offsets, random_crops
 from iqa_lib.config import ConfigError, load_config
 from iqa_lib.infer import predict_indices
+from iqa_lib.model import MANIQAConfig
 from iqa_lib.train import fit
 
 from conftest import make_exposure_data
@@ -68,6 +69,7 @@ class MeanBrightness(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.shapes = []
+        self.cfg = MANIQAConfig()  # the input normalisation predict_indices reads (0.5 / 0.5)
 
     def forward(self, x):
         self.shapes.append(tuple(x.shape))
