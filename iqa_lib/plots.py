@@ -19,28 +19,30 @@ from matplotlib.ticker import MaxNLocator
 TRAIN_COLOUR, TEST_COLOUR = "tab:blue", "tab:orange"
 
 
-def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (7, 4)):
+def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (7, 4), squeeze: bool = True):
+    """A Figure and its axes: one Axes for 1 x 1, else an array (always 2-D with squeeze=False)."""
     fig = Figure(figsize=size, layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, axes
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
-def _density(ax, values: np.ndarray, grid: np.ndarray, **style) -> None:
-    """A Gaussian kernel density line (skipped when it is undefined: < 2 distinct values)."""
+def _hist_density(ax, values: Sequence[float], bins: Any, grid: np.ndarray, colour: str, kde_label: str,
+                  **hist_style) -> None:
+    """A density histogram of `values` and over it their Gaussian kernel density on `grid`, labelled
+    `kde_label` (no density line where it is undefined: fewer than 2 distinct finite values)."""
     from scipy.stats import gaussian_kde
 
     values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(np.unique(values)) < 2:
-        return
-    ax.plot(grid, gaussian_kde(values)(grid), **style)
+    ax.hist(values, bins=bins, density=True, color=colour, **hist_style)
+    finite = values[np.isfinite(values)]
+    if len(np.unique(finite)) >= 2:
+        ax.plot(grid, gaussian_kde(finite)(grid), color=colour, lw=2, label=kde_label)
 
 
-def _grid_for(*arrays: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+def _grid_for(*arrays: np.ndarray) -> np.ndarray:
+    """200 points over the range of the arrays' finite values, padded by 5%: where to draw densities."""
     every = np.concatenate([np.asarray(a, dtype=float) for a in arrays])
     every = every[np.isfinite(every)]
-    a = every.min() if lo is None else lo
-    b = every.max() if hi is None else hi
+    a, b = every.min(), every.max()
     pad = 0.05 * (b - a or 1.0)
     return np.linspace(a - pad, b + pad, 200)
 
@@ -52,10 +54,8 @@ def plot_mos_hist(mos: Sequence[float], *, bins: int = 40, mos_scale: float | No
                   title: str = "MOS per image") -> Figure:
     """Histogram of the MOS (as a density) with a kernel density estimate and the mean."""
     mos = np.asarray(mos, dtype=float)
-    fig, axes = _figure()
-    ax = axes[0, 0]
-    ax.hist(mos, bins=bins, density=True, color=TRAIN_COLOUR, alpha=0.45, label="histogram")
-    _density(ax, mos, _grid_for(mos), color=TRAIN_COLOUR, lw=2, label="density (KDE)")
+    fig, ax = _figure()
+    _hist_density(ax, mos, bins, _grid_for(mos), TRAIN_COLOUR, "density (KDE)", alpha=0.45, label="histogram")
     ax.axvline(mos.mean(), color="k", ls="--", lw=1, label=f"mean {mos.mean():.3f}")
     ax.set(xlabel="MOS" + (f" (0-{mos_scale:g} scale)" if mos_scale else ""), ylabel="density",
            title=f"{title}: n = {len(mos):,}, sd = {mos.std(ddof=1) if len(mos) > 1 else 0:.3f}")
@@ -70,8 +70,7 @@ def plot_image_sizes(sizes: pd.DataFrame, *, split_col: str = "split") -> Figure
     """
     sizes = sizes.assign(aspect=sizes["width"] / sizes["height"])
     groups = sizes.groupby(split_col, sort=False) if split_col in sizes else [("images", sizes)]
-    fig, axes = _figure(1, 2, (11, 4.2))
-    scatter, hist = axes[0]
+    fig, (scatter, hist) = _figure(1, 2, (11, 4.2))
     colours = {"train": TRAIN_COLOUR, "test": TEST_COLOUR}
     bins = np.histogram_bin_edges(sizes["aspect"], bins=30)
     for name, g in groups:
@@ -101,7 +100,7 @@ def plot_image_grid(table: pd.DataFrame, n: int = 5, *, path_col: str = "path", 
     order = images.sort_values(mos_col, ascending=False, kind="stable")
     n = max(1, min(n, len(order)))
     rows = [("best", order.head(n)), ("worst", order.tail(n).iloc[::-1])]
-    fig, axes = _figure(2, n, (2.4 * n, 5.4))
+    fig, axes = _figure(2, n, (2.4 * n, 5.4), squeeze=False)
     for r, (label, part) in enumerate(rows):
         for c in range(n):
             ax = axes[r, c]
@@ -118,8 +117,7 @@ def plot_image_grid(table: pd.DataFrame, n: int = 5, *, path_col: str = "path", 
 def plot_rows_per_image(table: pd.DataFrame, *, name_col: str = "img_name") -> Figure:
     """How many CSV rows (captions) each image has: number of images per row count."""
     counts = table.groupby(name_col).size().value_counts().sort_index()
-    fig, axes = _figure(size=(6, 3.6))
-    ax = axes[0, 0]
+    fig, ax = _figure(size=(6, 3.6))
     bars = ax.bar(counts.index.astype(str), counts.values, color=TRAIN_COLOUR)
     ax.bar_label(bars, labels=[f"{v:,}" for v in counts.values])
     ax.set(xlabel="rows per image", ylabel="images",
@@ -141,15 +139,12 @@ def fold_table(folds: pd.DataFrame, *, mos_col: str = "mos", fold_col: str = "fo
 def plot_fold_distributions(folds: pd.DataFrame, *, mos_col: str = "mos", fold_col: str = "fold",
                             bins: int = 30) -> Figure:
     """The MOS distribution of every validation fold, overlaid (they should coincide)."""
-    fig, axes = _figure()
-    ax = axes[0, 0]
+    fig, ax = _figure()
     edges = np.histogram_bin_edges(folds[mos_col], bins=bins)
     grid = _grid_for(folds[mos_col])
     for i, (k, g) in enumerate(folds.groupby(fold_col)):
-        colour = f"C{i % 10}"
-        ax.hist(g[mos_col], bins=edges, density=True, histtype="step", lw=1, alpha=0.35, color=colour)
-        _density(ax, g[mos_col], grid, color=colour, lw=2,
-                 label=f"fold {k}: n = {len(g):,}, mean {g[mos_col].mean():.3f}")
+        label = f"fold {k}: n = {len(g):,}, mean {g[mos_col].mean():.3f}"
+        _hist_density(ax, g[mos_col], edges, grid, f"C{i % 10}", label, histtype="step", lw=1, alpha=0.35)
     ax.set(xlabel="MOS", ylabel="density", title="MOS per validation fold")
     ax.legend(fontsize=8)
     return fig
@@ -171,8 +166,7 @@ def plot_learning_curves(metrics: pd.DataFrame | str | os.PathLike, *, best_epoc
     m = _as_frame(metrics)
     if best_epoch is None and len(m):
         best_epoch = int(m.loc[(m["plcc"] + m["srcc"]).idxmax(), "epoch"])
-    fig, axes = _figure(1, 2, (11, 4))
-    loss, corr = axes[0]
+    fig, (loss, corr) = _figure(1, 2, (11, 4))
     loss.plot(m["epoch"], m["train_loss"], "o-", label="train loss")
     loss.plot(m["epoch"], m["val_loss"], "o-", label="validation loss")
     loss.set(xlabel="epoch", ylabel="MSE (on MOS / mos_scale)", title="loss")
@@ -181,11 +175,9 @@ def plot_learning_curves(metrics: pd.DataFrame | str | os.PathLike, *, best_epoc
     corr.set(xlabel="epoch", ylabel="correlation", title="validation correlation")
     for ax in (loss, corr):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if best_epoch is not None:
-        for ax in (loss, corr):
+        if best_epoch is not None:
             ax.axvline(best_epoch, color="k", ls="--", lw=1, label=f"best epoch {best_epoch}")
-    loss.legend()
-    corr.legend()
+        ax.legend()
     if title:
         fig.suptitle(title)
     return fig
@@ -219,8 +211,7 @@ def plot_lr_schedule(schedule: Mapping[str, Any], n_steps: int, *, observed: pd.
     epoch's end, drawn as dots on the curve. `steps_per_epoch` marks epoch boundaries.
     """
     lrs = lr_schedule(schedule, n_steps)
-    fig, axes = _figure(size=(8, 3.6))
-    ax = axes[0, 0]
+    fig, ax = _figure(size=(8, 3.6))
     ax.plot(np.arange(len(lrs)), lrs, lw=2, label="schedule")
     if steps_per_epoch:
         for x in range(steps_per_epoch, len(lrs), steps_per_epoch):
@@ -243,8 +234,7 @@ def plot_pred_vs_true(oof: pd.DataFrame | str | os.PathLike, *, true_col: str = 
     with warnings.catch_warnings():  # a constant prediction scores 0 with a warning: the title says it
         warnings.simplefilter("ignore", RuntimeWarning)
         m = all_metrics(df[pred_col].to_numpy(float), df[true_col].to_numpy(float))
-    fig, axes = _figure(size=(5.2, 5))
-    ax = axes[0, 0]
+    fig, ax = _figure(size=(5.2, 5))
     ax.scatter(df[true_col], df[pred_col], s=14, alpha=0.6)
     lo = float(min(df[true_col].min(), df[pred_col].min()))
     hi = float(max(df[true_col].max(), df[pred_col].max()))
@@ -263,8 +253,7 @@ def plot_prediction_correlation(pred_table: pd.DataFrame, *, method: str = "pear
     corr = pred_table.corr(method=method)
     n = len(corr)
     side = min(max(4.0, 0.6 * n + 2.5), 12.0)
-    fig, axes = _figure(size=(side + 1, side))
-    ax = axes[0, 0]
+    fig, ax = _figure(size=(side + 1, side))
     low = float(np.nanmin(corr.to_numpy())) if n else 0.0
     image = ax.imshow(corr.to_numpy(), vmin=min(low, 0.99), vmax=1.0, cmap="viridis")
     ax.set_xticks(range(n), corr.columns, rotation=60, ha="right")
@@ -288,14 +277,13 @@ def plot_pred_distribution(test_pred: Sequence[float], train_mos: Sequence[float
     """
     pred = np.asarray(test_pred, dtype=float)
     train = np.asarray(train_mos, dtype=float)
-    fig, axes = _figure()
-    ax = axes[0, 0]
+    fig, ax = _figure()
     edges = np.histogram_bin_edges(np.concatenate([pred, train]), bins=bins)
     grid = _grid_for(pred, train)
     for values, name, colour in ((train, "train MOS", TRAIN_COLOUR), (pred, label, TEST_COLOUR)):
-        ax.hist(values, bins=edges, density=True, alpha=0.35, color=colour)
         sd = values.std(ddof=1) if len(values) > 1 else 0.0
-        _density(ax, values, grid, color=colour, lw=2, label=f"{name}: mean {values.mean():.3f}, sd {sd:.3f}")
+        kde_label = f"{name}: mean {values.mean():.3f}, sd {sd:.3f}"
+        _hist_density(ax, values, edges, grid, colour, kde_label, alpha=0.35)
     ax.set(xlabel="MOS", ylabel="density", title=f"{label} vs train MOS")
     ax.legend()
     return fig
