@@ -1,6 +1,6 @@
 """The data layer: read the competition CSVs, decode images once, feed the model (SPEC §1, §4, §6).
 
-The pipeline, from disk to the model::
+From disk to the model::
 
     load_table(data_dir)           CSV rows + absolute `path`, every problem reported at once
     ImageStore.open(paths, size)   RGB uint8 (S, S, 3) per image; with `cache_dir` decoded
@@ -12,10 +12,6 @@ The pipeline, from disk to the model::
 Workers only copy bytes; the float conversion, normalisation and the random flip run on the
 device in `to_model_input`, where they cost almost nothing and use a generator the training
 loop can save and restore.
-
-The cache (`cache_dir/{key}_{size}/`): `images.u8` (raw uint8, N x S x S x 3, rows in sorted
-path order), `index.json` (paths, [size, mtime_ns] fingerprints), `complete` (written last).
-It takes N * S * S * 3 bytes: 54,662 images are 24 GB at 384, 33 GB at 448, 67 GB at 640.
 
 Choices that affect pixel values (all match the team's OpenCV reader, `cv2.imread`):
 
@@ -29,14 +25,15 @@ Choices that affect pixel values (all match the team's OpenCV reader, `cv2.imrea
 * The resize is bicubic to S x S, aspect ratio not kept. Pillow's bicubic (backend "pil")
   antialiases when it shrinks; OpenCV's `INTER_CUBIC` (backend "cv2", the team's exact
   resize) does not, so the two differ on downscaled images.
-* Huge JPEGs (at least 4x the target size on both sides) are decoded at 1/2, 1/4 or 1/8
-  scale by libjpeg (Pillow's `draft`) with backend "pil", never below 2x the target, so a
-  12000x9000 photo costs a few MB instead of 324 MB. Backend "cv2" always decodes at full
-  size: without antialiasing the result would differ from the team's.
+* With backend "pil", JPEGs at least 4x the target size on both sides are decoded at 1/2,
+  1/4 or 1/8 scale by libjpeg (Pillow's `draft`), never below 2x the target: a 12000x9000
+  photo costs a few MB instead of 324 MB. Backend "cv2" always decodes at full size:
+  without antialiasing the result would differ from the team's.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import difflib
 import hashlib
@@ -45,10 +42,10 @@ import math
 import multiprocessing as mp
 import numbers
 import os
-import random
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
@@ -83,9 +80,14 @@ def _pixel_limit_from_env() -> None:
 _pixel_limit_from_env()
 
 
-# --------------------------------------------------------------------------------------------
-# errors
-# --------------------------------------------------------------------------------------------
+def _check_int(name: str, value: Any, low: int, hint: str = "") -> None:
+    """A ValueError naming the parameter unless `value` is an int >= `low` (bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}{hint}, got {value!r}")
+
+
+# --- errors ----------------------------------------------------------------------------------
+
 class Problem(NamedTuple):
     """One thing wrong with the data: what kind, where (file + line, or image path), what, how to fix."""
 
@@ -96,39 +98,31 @@ class Problem(NamedTuple):
 
 
 class DataError(ValueError):
-    """Bad data, with every problem found listed (grouped by kind, each kind with its fix).
-
-    `.problems` holds the `Problem` tuples for code that wants to inspect them.
-    """
+    """Bad data, with every problem found listed: grouped by kind, each kind with its fix and at
+    most MAX_LISTED of its problems. `.problems` holds the `Problem` tuples for code to inspect."""
 
     def __init__(self, problems: Sequence[Problem], title: str = "data problems"):
         self.problems = [Problem(*p) for p in problems]
         self.title = title
-        super().__init__(_format_problems(self.problems, title))
+        by_kind: dict[str, list[Problem]] = {}
+        for p in self.problems:
+            by_kind.setdefault(p.kind, []).append(p)
+        n = len(self.problems)
+        lines = [f"{title}: {n} problem{'s' if n != 1 else ''}"]
+        for kind, items in by_kind.items():
+            lines.append(f"* {kind} ({len(items)}) -- fix: {items[0].fix}")
+            lines += [f"    {p.where}: {p.what}" for p in items[:MAX_LISTED]]
+            if len(items) > MAX_LISTED:
+                lines.append(f"    ... and {len(items) - MAX_LISTED} more")
+        super().__init__("\n".join(lines))
 
     def __reduce__(self):
         # Rebuild from the problems, not the message, when crossing a process boundary.
         return DataError, (self.problems, self.title)
 
 
-def _format_problems(problems: list[Problem], title: str) -> str:
-    """Group problems by kind; list up to MAX_LISTED per kind with the kind's one-line fix."""
-    by_kind: dict[str, list[Problem]] = {}
-    for p in problems:
-        by_kind.setdefault(p.kind, []).append(p)
-    n = len(problems)
-    lines = [f"{title}: {n} problem{'s' if n != 1 else ''}"]
-    for kind, items in by_kind.items():
-        lines.append(f"* {kind} ({len(items)}) -- fix: {items[0].fix}")
-        lines += [f"    {p.where}: {p.what}" for p in items[:MAX_LISTED]]
-        if len(items) > MAX_LISTED:
-            lines.append(f"    ... and {len(items) - MAX_LISTED} more")
-    return "\n".join(lines)
+# --- the table -------------------------------------------------------------------------------
 
-
-# --------------------------------------------------------------------------------------------
-# the table
-# --------------------------------------------------------------------------------------------
 def load_table(
     data_dir: str | os.PathLike,
     csv_name: str = "train.csv",
@@ -173,49 +167,45 @@ def load_table(
                          f"got {mos_scale!r}")
     root = Path(os.path.abspath(Path(data_dir).expanduser()))
     csv_path = _require_csv(root, csv_name)
-    header, rows, lines = _read_csv(csv_path)
-
-    problems: list[Problem] = []
-    required = ["img_name", "img_path"] + (["mos"] if labelled else [])
-    problems += _header_problems(csv_path, header, required)
-    rows, lines, width_problems = _fix_widths(csv_path, header, rows, lines)
-    problems += width_problems
-    if not rows and not width_problems:
+    header, rows, lines, too_wide = _read_csv(csv_path)
+    line_1 = f"{csv_path.name} line 1"
+    problems = _header_problems(line_1, header, ["img_name", "img_path"] + (["mos"] if labelled else []))
+    problems += too_wide
+    if not rows and not too_wide:
         problems.append(Problem("no data rows", str(csv_path), "the file has a header but no data rows",
                                 "add one row per image (train.csv: img_name,img_path,mos,comments)"))
     if not rows:
         raise DataError(problems, f"{csv_path}")
 
-    df = pd.DataFrame(rows, columns=_unique_names(header))
+    # A duplicated column name is reported above (on line 1, so the table is refused): keep the first.
+    df = pd.DataFrame(rows, columns=header)
+    df = df.loc[:, ~df.columns.duplicated()]
     where = [f"{csv_path.name} line {n}" for n in lines]
-    for col in ("img_name", "img_path"):
+    for col, example in (("img_name", "abc"), ("img_path", "./train/abc.jpg")):
         if col in df:
             df[col] = df[col].str.strip()
             problems += [Problem(f"empty {col}", where[i], f"{col} is empty",
-                                 f"give every row an {col} (e.g. {'abc' if col == 'img_name' else './train/abc.jpg'})")
-                         for i in np.flatnonzero((df[col] == "").to_numpy())]
+                                 f"give every row an {col} (e.g. {example})")
+                         for i in np.flatnonzero(df[col] == "")]
     if "img_path" in df:
-        paths, path_problems = _resolve_paths(root, df["img_path"].tolist(), where)
-        df["path"] = paths
-        problems += path_problems
+        df["path"], found = _resolve_paths(root, df["img_path"], where)
+        problems += found
     if labelled and "mos" in df:
-        mos, mos_problems = _parse_mos(df["mos"].tolist(), where, mos_scale)
-        df["mos"] = mos
-        problems += mos_problems
-    if "img_name" in df:
-        if "path" in df:  # compare resolved paths: ./train/a.jpg and train/a.jpg are one file
-            problems += _conflicts(df, lines, csv_path.name, "path", "img_path")
-        if labelled and "mos" in df:
-            problems += _conflicts(df, lines, csv_path.name, "mos", "mos")
+        df["mos"], found = _parse_mos(df["mos"], where, mos_scale)
+        problems += found
+    # Rows of one image must agree; on the resolved path, as ./train/a.jpg and train/a.jpg are one file.
+    compared = [col for col in (["path", "mos"] if labelled else ["path"]) if col in df and "img_name" in df]
+    for col in compared:
+        problems += _conflicts(df, col, lines, csv_path.name)
     if "path" in df and check_images != "none":
         problems += _check_images(df["path"], check_images, progress)
-    whole_table = any(p.where == f"{csv_path.name} line 1" for p in problems)  # a header problem
-    if problems and (errors == "raise" or whole_table):
+
+    if problems and (errors == "raise" or any(p.where == line_1 for p in problems)):
         raise DataError(problems, f"{csv_path} (data_dir={root})")
-    if problems:  # errors="drop": keep the rows that no problem names, and say what was dropped
-        bad = {p.where for p in problems}  # CSV lines, or image paths
+    if problems:  # errors="drop": keep the rows that no problem names (by CSV line or image path),
+        bad = {p.where for p in problems}  # and no row of an image whose rows disagree
         clash = set()
-        for col in ("path", "mos") if labelled else ("path",):
+        for col in compared:
             values = df[df["img_name"] != ""].groupby("img_name")[col].nunique()
             clash |= set(values.index[values > 1])
         keep = ~pd.Series(where).isin(bad).to_numpy() & ~df["path"].isin(bad) & ~df["img_name"].isin(clash)
@@ -243,37 +233,44 @@ def _require_csv(root: Path, csv_name: str) -> Path:
     return csv_path
 
 
-def _read_csv(csv_path: Path) -> tuple[list[str], list[list[str]], list[int]]:
-    """Header, data rows and each row's first line number (header = 1); blank lines skipped.
+def _read_csv(csv_path: Path) -> tuple[list[str], list[list[str]], list[int], list[Problem]]:
+    """The header, the data rows, each row's first line number (header = 1) and the rows refused.
 
-    Read with the csv module rather than pandas so quoted captions spanning several
-    lines still give every row its true line number.
+    Read with the csv module rather than pandas, so that every row keeps its true line number,
+    also after quoted captions spanning several lines. Blank lines are skipped and short rows
+    padded (as pandas does); a row with more fields than the header is ambiguous (an unquoted
+    comma, usually in a caption): it is reported and left out.
     """
-    rows, lines = [], []
+    rows, lines, too_wide = [], [], []
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = [h.strip() for h in next(reader, [])]
-            start = reader.line_num + 1
+            if not any(header):
+                raise DataError([Problem("CSV empty", str(csv_path), "no header line",
+                                         "the first line must name the columns, e.g. img_name,img_path,mos,comments")])
+            last = reader.line_num  # a row may span several lines: it starts after the last one read
             for row in reader:
-                if any(field.strip() for field in row):
-                    rows.append(row)
-                    lines.append(start)
-                start = reader.line_num + 1
+                line, last = last + 1, reader.line_num
+                if not any(field.strip() for field in row):
+                    continue
+                if len(row) > len(header):
+                    too_wide.append(Problem("too many fields", f"{csv_path.name} line {line}",
+                                            f"{len(row)} fields, the header has {len(header)}",
+                                            'quote fields that contain commas ("a, b")'))
+                    continue
+                rows.append(row + [""] * (len(header) - len(row)))
+                lines.append(line)
     except UnicodeDecodeError as e:
         raise DataError([Problem("CSV not UTF-8", str(csv_path), str(e), "save the CSV as UTF-8 text")]) from None
     except csv.Error as e:
         raise DataError([Problem("CSV unreadable", f"{csv_path} line {reader.line_num}", str(e),
                                  "fix that line (stray NUL bytes or an unclosed quote)")]) from None
-    if not any(header):
-        raise DataError([Problem("CSV empty", str(csv_path), "no header line",
-                                 "the first line must name the columns, e.g. img_name,img_path,mos,comments")])
-    return header, rows, lines
+    return header, rows, lines, too_wide
 
 
-def _header_problems(csv_path: Path, header: list[str], required: list[str]) -> list[Problem]:
+def _header_problems(where: str, header: list[str], required: list[str]) -> list[Problem]:
     """Missing required columns (with a close match suggested) and duplicate names."""
-    where = f"{csv_path.name} line 1"
     out = []
     for col in required:
         if col not in header:
@@ -302,34 +299,8 @@ def _closest(name: str, candidates: list[str]) -> str | None:
     return low[close[0]] if close else None
 
 
-def _fix_widths(csv_path, header, rows, lines):
-    """Pad short rows (like pandas); rows with more fields than the header are ambiguous
-    (an unquoted comma, usually in a caption) and are reported, then left out."""
-    n = len(header)
-    keep_rows, keep_lines, problems = [], [], []
-    for row, line in zip(rows, lines):
-        if len(row) > n:
-            problems.append(Problem("too many fields", f"{csv_path.name} line {line}",
-                                    f"{len(row)} fields, the header has {n}",
-                                    'quote fields that contain commas ("a, b")'))
-            continue
-        keep_rows.append(row + [""] * (n - len(row)))
-        keep_lines.append(line)
-    return keep_rows, keep_lines, problems
-
-
-def _unique_names(header: list[str]) -> list[str]:
-    """Column names for the frame: duplicates get a suffix (they are reported separately)."""
-    seen: dict[str, int] = {}
-    out = []
-    for h in header:
-        seen[h] = seen.get(h, 0) + 1
-        out.append(h if seen[h] == 1 else f"{h}.{seen[h] - 1}")
-    return out
-
-
-def _resolve_paths(root: Path, img_paths: list[str], where: list[str]) -> tuple[list[str], list[Problem]]:
-    """Absolute resolved path per row; report paths leaving `root` and missing files.
+def _resolve_paths(root: Path, img_paths: Iterable[str], where: list[str]) -> tuple[list[str], list[Problem]]:
+    """Absolute resolved path per row ("" when unusable); report paths leaving `root` and missing files.
 
     Containment is checked on the normalised path, before symlinks are followed, so a
     `train/` folder that is a symlink to another disk is fine while `../x.jpg` is not.
@@ -357,9 +328,9 @@ def _resolve_paths(root: Path, img_paths: list[str], where: list[str]) -> tuple[
     return out, problems
 
 
-def _parse_mos(values: list[str], where: list[str], mos_scale: float) -> tuple[np.ndarray, list[Problem]]:
+def _parse_mos(values: Iterable[str], where: list[str], mos_scale: float) -> tuple[np.ndarray, list[Problem]]:
     """MOS as float64 (NaN where invalid) and a problem per invalid value."""
-    mos = np.full(len(values), np.nan)
+    mos = np.full(len(where), np.nan)
     problems, outside = [], []
     for i, (v, w) in enumerate(zip(values, where)):
         try:
@@ -391,15 +362,17 @@ def _parse_mos(values: list[str], where: list[str], mos_scale: float) -> tuple[n
     return mos, problems
 
 
-def _conflicts(df: pd.DataFrame, lines: list[int], csv_name: str, col: str, label: str) -> list[Problem]:
-    """Images whose rows disagree on `col` (caption rows must repeat the same value)."""
+def _conflicts(df: pd.DataFrame, col: str, lines: list[int], csv_name: str) -> list[Problem]:
+    """A problem per image whose rows disagree on `col` ("path" or "mos"): caption rows must
+    repeat the same value. Empty values are not compared."""
+    label = "img_path" if col == "path" else col
     sub = pd.DataFrame({"name": df["img_name"], "value": df[col], "line": lines})
     sub = sub[(sub["name"] != "") & sub["value"].notna() & (sub["value"].astype(str) != "")]
     counts = sub.groupby("name", sort=False)["value"].nunique()
     problems = []
     for name in counts.index[counts > 1]:
-        rows = sub[sub["name"] == name]
-        shown = ", ".join(f"{v} (line {n})" for v, n in zip(rows["value"].head(6), rows["line"].head(6)))
+        rows = sub[sub["name"] == name].head(6)
+        shown = ", ".join(f"{v} (line {n})" for v, n in zip(rows["value"], rows["line"]))
         problems.append(Problem(f"conflicting {label}", f"{csv_name} line {rows['line'].iloc[0]}",
                                 f"img_name {name!r} has different {label} values on its rows: {shown}",
                                 f"every row of one image must have the same {label}: fix the CSV"))
@@ -409,100 +382,79 @@ def _conflicts(df: pd.DataFrame, lines: list[int], csv_name: str, col: str, labe
 def _check_images(paths: pd.Series, mode: str, progress: bool) -> list[Problem]:
     """Open (or fully decode) every distinct existing image, in threads: Pillow releases the
     GIL while reading and decoding, so this scales with cores for large data sets."""
+    def check(path: str) -> Problem | None:
+        try:
+            with Image.open(path) as im:
+                if mode == "open":
+                    im.verify()
+                else:
+                    im.load()
+        except Exception as e:  # Pillow raises many types for broken files
+            return _image_problem(path, e)
+        return None
+
     todo = [p for p in dict.fromkeys(paths) if p and os.path.isfile(p)]
-    workers = min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:
-        results = list(tqdm(pool.map(lambda p: _check_one(p, mode), todo), total=len(todo),
-                            desc=f"checking images ({mode})", disable=not progress or len(todo) < 500, unit="img"))
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        results = list(tqdm(pool.map(check, todo), total=len(todo), desc=f"checking images ({mode})",
+                            disable=not progress or len(todo) < 500, unit="img"))
     return [r for r in results if r is not None]
 
 
-def _check_one(path: str, mode: str) -> Problem | None:
-    """None if the image opens (mode "open") or decodes (mode "decode"), else the problem."""
-    try:
-        with Image.open(path) as im:
-            if mode == "open":
-                im.verify()
-            else:
-                im.load()
-    except Image.DecompressionBombError as e:
-        return _bomb_problem(path, e)
-    except Exception as e:  # Pillow raises many types for broken files; all mean "unreadable"
-        return _unreadable_problem(path, e)
-    return None
-
-
-def _unreadable_problem(path: str, e: Exception) -> Problem:
-    size = os.path.getsize(path) if os.path.isfile(path) else -1
-    what = "empty file (0 bytes)" if size == 0 else f"{type(e).__name__}: {e}"
-    return Problem("unreadable image", path, what,
+def _image_problem(path: str, e: Exception) -> Problem:
+    """The problem with an image that Pillow could not open or decode, and how to fix it."""
+    if isinstance(e, Image.DecompressionBombError):
+        return Problem("image above Pillow's size limit", path, str(e),
+                       f"if the file is trusted, raise the limit with the environment variable {PIXELS_ENV} "
+                       f"(a pixel count, or 0 for none), e.g. `{PIXELS_ENV}=400000000 papermill ...` or "
+                       f"`{PIXELS_ENV}=0 python -m iqa_lib.run_all ...`; in Python, set "
+                       "PIL.Image.MAX_IMAGE_PIXELS before loading")
+    if isinstance(e, FileNotFoundError):
+        return Problem("image file missing", path, "not found",
+                       "check the path (load_table reports all missing files at once)")
+    empty = os.path.isfile(path) and os.path.getsize(path) == 0
+    return Problem("unreadable image", path, "empty file (0 bytes)" if empty else f"{type(e).__name__}: {e}",
                    "replace the file with a valid image (re-download or re-export it), or remove its rows")
 
 
-def _bomb_problem(path: str, e: Exception) -> Problem:
-    return Problem("image above Pillow's size limit", path, str(e),
-                   f"if the file is trusted, raise the limit with the environment variable {PIXELS_ENV} (a pixel "
-                   f"count, or 0 for none), e.g. `{PIXELS_ENV}=400000000 papermill ...` or `{PIXELS_ENV}=0 python -m "
-                   f"iqa_lib.run_all ...`; in Python, set PIL.Image.MAX_IMAGE_PIXELS before loading")
+# --- one image -------------------------------------------------------------------------------
 
-
-# --------------------------------------------------------------------------------------------
-# one image
-# --------------------------------------------------------------------------------------------
 def read_rgb(path: str | os.PathLike, *, min_size: int | None = None) -> Image.Image:
     """Decode an image file as 8-bit RGB, EXIF orientation applied (see the module notes).
 
-    Args:
-        path: the image file.
-        min_size: the side the caller will resize to. A JPEG at least 4x larger on both
-            sides is decoded at reduced scale (1/2, 1/4 or 1/8, never below 2 * min_size),
-            which is much faster and smaller. None decodes at full size.
-
-    Raises:
-        DataError: the file is missing, unreadable, or above Pillow's decompression-bomb
-            limit (the message says how to allow it).
+    `min_size` is the side the caller will resize to: a JPEG at least 4x larger on both sides
+    is then decoded at reduced scale (1/2, 1/4 or 1/8, never below 2 * min_size), much faster
+    and smaller. None decodes at full size. Raises DataError when the file is missing,
+    unreadable, or above Pillow's decompression-bomb limit (the message says how to allow it).
     """
     path = str(path)
     try:
-        im = Image.open(path)
-    except Image.DecompressionBombError as e:
-        raise DataError([_bomb_problem(path, e)]) from None
-    except FileNotFoundError:
-        raise DataError([Problem("image file missing", path, "not found",
-                                 "check the path (load_table reports all missing files at once)")]) from None
-    except Exception as e:
-        raise DataError([_unreadable_problem(path, e)]) from None
-    try:
-        if min_size and im.format == "JPEG":
-            im.draft(im.mode, (2 * min_size, 2 * min_size))
-        im.load()
-        ImageOps.exif_transpose(im, in_place=True)
-        return _to_rgb(im)
+        with Image.open(path) as im:
+            if min_size and im.format == "JPEG":
+                im.draft(im.mode, (2 * min_size, 2 * min_size))
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)
+            return _to_rgb(im)
     except MemoryError:
         raise
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError... for broken data
-        raise DataError([_unreadable_problem(path, e)]) from None
-    finally:
-        im.close()
+        raise DataError([_image_problem(path, e)]) from None
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
-    """A new RGB image from any Pillow mode; alpha and palette transparency are dropped."""
-    mode = im.mode
-    if mode.startswith("I;16") or mode == "I":
+    """A new RGB image (it outlives the file) from any Pillow mode; alpha and palette
+    transparency are dropped."""
+    if im.mode.startswith("I;16") or im.mode == "I":
         # Pillow would clip 16-bit values to 255 (white); keep the high byte like OpenCV.
         gray = (np.clip(np.asarray(im).astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
         return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2))
-    if mode == "F":
+    if im.mode == "F":
         a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
         peak = 1.0 if a.max(initial=0.0) <= 1.0 else 255.0
         gray = np.clip(np.rint(a * (255.0 / peak)), 0, 255).astype(np.uint8)
         return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2))
-    if mode == "P" and "transparency" in im.info:
+    if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")  # avoids Pillow's palette-transparency warning; alpha dropped below
-    if im.mode == "RGB":
-        return im.copy()  # a copy outlives closing the file
-    return im.convert("RGB")
+    return im.copy() if im.mode == "RGB" else im.convert("RGB")
 
 
 def load_resized(
@@ -514,29 +466,21 @@ def load_resized(
     the team's exact resize (no antialiasing). `draft` (reduced-scale JPEG decode for huge
     images) defaults to on for "pil" and off for "cv2".
     """
-    _check_size(size)
-    _check_backend(backend)
+    _check_int("size", size, 1, " (the model's input side, e.g. 384)")
+    cv2 = _opencv(backend)
     use_draft = (backend == "pil") if draft is None else draft
     im = read_rgb(path, min_size=size if use_draft else None)
-    if backend == "pil":
+    if cv2 is None:
         return np.array(im.resize((size, size), Image.Resampling.BICUBIC))
-    cv2 = _import_cv2()
     return cv2.resize(np.asarray(im), (size, size), interpolation=cv2.INTER_CUBIC)
 
 
-def _check_size(size: Any) -> None:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"size must be a positive int (the model's input side, e.g. 384), got {size!r}")
-
-
-def _check_backend(backend: str) -> None:
+def _opencv(backend: str):
+    """Check `backend`; the cv2 module for "cv2" (saying what to install when it is missing), else None."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "cv2":
-        _import_cv2()
-
-
-def _import_cv2():
+    if backend == "pil":
+        return None
     try:
         import cv2
     except ImportError:
@@ -545,9 +489,8 @@ def _import_cv2():
     return cv2
 
 
-# --------------------------------------------------------------------------------------------
-# many images: decode once
-# --------------------------------------------------------------------------------------------
+# --- many images: decode once ----------------------------------------------------------------
+
 class ImageStore:
     """Images resized to (size, size, 3) uint8, by index, in the order of `paths`.
 
@@ -557,13 +500,12 @@ class ImageStore:
     """
 
     def __init__(self, paths: Sequence[str], size: int, *, backend: str = "pil",
-                 images_file: Path | None = None, rows: np.ndarray | None = None, n_rows: int = 0):
+                 images_file: Path | None = None, rows: np.ndarray | None = None):
         self.paths = list(paths)
         self.size = int(size)
         self.backend = backend
         self.images_file = images_file  # None: decode on every access
         self._rows = rows  # memmap row of each path
-        self._n_rows = n_rows
         self._mm: np.memmap | None = None
         self._mm_pid = -1
         # Worker processes made by spawn do not inherit a raised Pillow limit: carry it along.
@@ -582,18 +524,20 @@ class ImageStore:
     ) -> "ImageStore":
         """A store over `paths` at `size`; with `cache_dir`, build or reuse its cache.
 
-        The cache lives in `cache_dir/{key}_{size}/` where `key` hashes the sorted set of
-        absolute paths (and the backend): the same images in any order, e.g. sorted by
-        fold, share one cache. On reuse, files whose size or mtime changed are re-decoded
-        (only those). Adding or removing images changes the key, so a new cache is built;
-        delete old `{key}_{size}` folders to reclaim disk. `num_workers` processes decode
-        the build (0: in this process). Concurrent opens of one cache (DDP ranks) wait for
-        each other on a lock file.
+        The cache is the folder `cache_dir/{key}_{size}/`, where `key` hashes the sorted set of
+        absolute paths (and the backend): the same images in any order, e.g. sorted by fold,
+        share one cache. It holds `images.u8` (raw uint8, N x S x S x 3, rows in sorted path
+        order: 54,662 images take 24 GB at 384, 33 GB at 448, 67 GB at 640), `index.json`
+        (the paths and their [size, mtime_ns]) and `complete`, written last.
+
+        On reuse only the files whose size or mtime changed are decoded again. Adding or
+        removing images changes the key, so a new cache is built; delete old folders to
+        reclaim disk. `num_workers` processes decode the build (0: this process). Concurrent
+        opens of one cache (DDP ranks) wait for each other on a lock file.
         """
-        _check_size(size)
-        _check_backend(backend)
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+        _check_int("size", size, 1, " (the model's input side, e.g. 384)")
+        _opencv(backend)
+        _check_int("num_workers", num_workers, 0)
         paths = [os.path.abspath(os.fspath(p)) for p in paths]
         if not paths:
             raise ValueError("paths is empty: pass the image paths (e.g. load_table(...)['path'])")
@@ -604,31 +548,23 @@ class ImageStore:
         _build_cache(folder, unique, size, backend, num_workers, progress)
         row_of = {p: r for r, p in enumerate(unique)}
         rows = np.array([row_of[p] for p in paths], dtype=np.int64)
-        return cls(paths, size, backend=backend, images_file=folder / "images.u8", rows=rows, n_rows=len(unique))
+        return cls(paths, size, backend=backend, images_file=folder / "images.u8", rows=rows)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        """Image `i` as a fresh, writable (size, size, 3) uint8 array."""
-        n = len(self.paths)
-        i = int(i)
-        if not -n <= i < n:
-            raise IndexError(f"index {i} out of range for a store of {n} images")
-        i %= n
+        """Image `i` (negative counts from the end) as a fresh, writable (size, size, 3) uint8 array."""
         if self.images_file is None:
-            if os.getpid() != self._owner_pid:
-                Image.MAX_IMAGE_PIXELS = self._max_pixels
             return load_resized(self.paths[i], self.size, backend=self.backend)
         return np.array(self._memmap()[self._rows[i]])
 
     def subset(self, indices: Sequence[int]) -> "ImageStore":
         """A store over `paths[indices]` sharing this one's cache (no copy, no decode)."""
         idx = np.asarray(indices, dtype=np.int64)
-        sub = ImageStore([self.paths[i] for i in idx], self.size, backend=self.backend,
-                         images_file=self.images_file, n_rows=self._n_rows,
-                         rows=None if self._rows is None else self._rows[idx])
-        sub._max_pixels = self._max_pixels
+        sub = copy.copy(self)
+        sub.paths = [self.paths[i] for i in idx]
+        sub._rows = None if self._rows is None else self._rows[idx]
         return sub
 
     @property
@@ -639,15 +575,18 @@ class ImageStore:
     def _memmap(self) -> np.memmap:
         # A mapping is per process: reopen after fork/spawn instead of sharing the parent's.
         if self._mm is None or self._mm_pid != os.getpid():
-            shape = (self._n_rows, self.size, self.size, 3)
-            self._mm = np.memmap(self.images_file, dtype=np.uint8, mode="r", shape=shape)
+            mm = np.memmap(self.images_file, dtype=np.uint8, mode="r")
+            self._mm = mm.reshape(-1, self.size, self.size, 3)
             self._mm_pid = os.getpid()
         return self._mm
 
     def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_mm"] = None
-        return state
+        return {**self.__dict__, "_mm": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if os.getpid() != self._owner_pid:  # e.g. a spawned DataLoader worker
+            Image.MAX_IMAGE_PIXELS = self._max_pixels
 
     def __repr__(self) -> str:
         where = f"cache={self.cache_path}" if self.images_file else "decode on access"
@@ -692,9 +631,15 @@ def _build_cache(folder: Path, paths: list[str], size: int, backend: str, num_wo
             flag.unlink(missing_ok=True)
             for stale in folder.glob(".images.*.tmp"):  # left by killed builds (we hold the lock)
                 stale.unlink(missing_ok=True)
-            _check_disk_space(folder, math.prod(shape))
+            free = shutil.disk_usage(folder).free
+            if math.prod(shape) > free:  # say so now, not when the disk fills up halfway through
+                raise DataError([Problem("cache does not fit", str(folder),
+                                         f"needs {math.prod(shape) / 1e9:.2f} GB, {free / 1e9:.2f} GB free",
+                                         "free disk space (old cache folders can be deleted), pass another "
+                                         "cache_dir=, or cache_dir=None to decode on access")])
             target = folder / f".images.{os.getpid()}.tmp"
-            np.memmap(target, dtype=np.uint8, mode="w+", shape=shape).flush()
+            with open(target, "wb") as f:
+                f.truncate(math.prod(shape))  # a sparse file of the full size
             fingerprints: list = [None] * len(paths)
             todo = list(range(len(paths)))
         else:
@@ -704,23 +649,21 @@ def _build_cache(folder: Path, paths: list[str], size: int, backend: str, num_wo
                 return
             flag.unlink(missing_ok=True)
             target = images_file  # same size: rows are rewritten in place
-        verb = "caching" if index is None else "refreshing"
+        desc = f"{'caching' if index is None else 'refreshing'} {len(todo)} images at {size}px"
         try:
-            results = _decode_rows(target, shape, [(j, paths[j]) for j in todo], backend, num_workers,
-                                   progress, desc=f"{verb} {len(todo)} images at {size}px")
+            results = _decode_rows(target, [(j, paths[j]) for j in todo], size, backend, num_workers, progress, desc)
         except BaseException:
             if target != images_file:
                 target.unlink(missing_ok=True)
             raise
-        problems = []
-        for j, fp, problem in results:
-            fingerprints[j] = fp
-            if problem is not None:
-                problems.append(problem)
-        _fsync_file(target)
+        for j, fingerprint, _ in results:
+            fingerprints[j] = fingerprint
+        with open(target, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(target, images_file)
         atomic_write_text(folder / "index.json", json.dumps({**meta, "paths": paths, "fingerprints": fingerprints}))
         atomic_write_text(flag, time.strftime("%Y-%m-%d %H:%M:%S\n"))
+    problems = [problem for _, _, problem in results if problem is not None]
     if problems:
         raise DataError(problems, f"cache {folder}: images that could not be decoded")
 
@@ -741,78 +684,43 @@ def _read_index(folder: Path, paths: list[str], shape: tuple, meta: dict) -> dic
     return index
 
 
-def _check_disk_space(folder: Path, needed: int) -> None:
-    # A memmap over a sparse file on a full disk dies with SIGBUS mid-build: check first.
-    free = shutil.disk_usage(folder).free
-    if needed > free:
-        raise DataError([Problem("cache does not fit", str(folder),
-                                 f"needs {needed / 1e9:.2f} GB, {free / 1e9:.2f} GB free",
-                                 "free disk space (old cache folders can be deleted), pass another "
-                                 "cache_dir=, or cache_dir=None to decode on access")])
+def _decode_rows(target: Path, jobs: list[tuple[int, str]], size: int, backend: str, num_workers: int,
+                 progress: bool, desc: str) -> list[tuple[int, list | None, Problem | None]]:
+    """Decode `jobs` (row, path) into the cache file `target`, in a pool of `num_workers`
+    processes or in this one; each job's (row, fingerprint, problem) in completion order."""
+    # Spawned workers do not inherit a raised Pillow limit: each job carries it.
+    decode = partial(_decode_into, images_file=str(target), size=size, backend=backend,
+                     max_pixels=Image.MAX_IMAGE_PIXELS)
+    bar = partial(tqdm, total=len(jobs), desc=desc, disable=not progress, unit="img")
+    if num_workers == 0 or len(jobs) < 2:
+        return [decode(job) for job in bar(jobs)]
+    chunk = max(1, min(16, len(jobs) // (num_workers * 8)))
+    with mp.get_context(_MP_CONTEXT).Pool(num_workers) as pool:
+        return list(bar(pool.imap_unordered(decode, jobs, chunksize=chunk)))
 
 
-def _decode_rows(images_file: Path, shape: tuple, jobs: list[tuple[int, str]], backend: str,
-                 num_workers: int, progress: bool, desc: str) -> list[tuple[int, list | None, Problem | None]]:
-    """Decode `jobs` (row, path) into the memmap, in a process pool or in this process."""
-    init_args = (str(images_file), shape, backend, Image.MAX_IMAGE_PIXELS)
-    results = []
-    with tqdm(total=len(jobs), desc=desc, disable=not progress, unit="img") as bar:
-        if num_workers == 0 or len(jobs) < 2:
-            _init_decode_worker(*init_args)
-            try:
-                for job in jobs:
-                    results.append(_decode_into(job))
-                    bar.update()
-            finally:
-                _WORKER.clear()
-            return results
-        chunk = max(1, min(16, len(jobs) // (num_workers * 8)))
-        pool = mp.get_context(_MP_CONTEXT).Pool(num_workers, initializer=_init_decode_worker, initargs=init_args)
-        try:
-            for r in pool.imap_unordered(_decode_into, jobs, chunksize=chunk):
-                results.append(r)
-                bar.update()
-            pool.close()
-        finally:
-            pool.terminate()
-            pool.join()
-    return results
-
-
-_WORKER: dict = {}  # per-process decode state: the writable memmap and settings
-
-
-def _init_decode_worker(images_file: str, shape: tuple, backend: str, max_pixels: int | None) -> None:
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    _WORKER.update(mm=np.memmap(images_file, dtype=np.uint8, mode="r+", shape=shape),
-                   size=shape[1], backend=backend)
-
-
-def _decode_into(job: tuple[int, str]) -> tuple[int, list | None, Problem | None]:
-    """Decode one image into its memmap row; return (row, fingerprint or None, problem or None).
+def _decode_into(job: tuple[int, str], images_file: str, size: int, backend: str,
+                 max_pixels: int | None) -> tuple[int, list | None, Problem | None]:
+    """Decode one image into its row of `images_file`; return (row, fingerprint or None, problem or None).
 
     The fingerprint is taken before decoding, so a file rewritten meanwhile looks stale
     next time rather than fresh.
     """
     row, path = job
-    fp = _fingerprint(path)
-    if fp is None:
-        return row, None, Problem("image file missing", path, "not found", "restore the file or drop it from paths")
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    fingerprint = _fingerprint(path)
     try:
-        _WORKER["mm"][row] = load_resized(path, _WORKER["size"], backend=_WORKER["backend"])
-    except DataError as e:
+        image = load_resized(path, size, backend=backend)
+    except DataError as e:  # missing, unreadable or too large: reported, and retried next open
         return row, None, e.problems[0]
-    return row, fp, None
+    with open(images_file, "r+b") as f:
+        f.seek(row * image.nbytes)
+        f.write(image.tobytes())
+    return row, fingerprint, None
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
+# --- torch: dataset, loader, model input -----------------------------------------------------
 
-
-# --------------------------------------------------------------------------------------------
-# torch: dataset, loader, model input
-# --------------------------------------------------------------------------------------------
 class IQADataset(torch.utils.data.Dataset):
     """(image uint8 (S, S, 3), target float32 (NaN when unlabelled), index) per item.
 
@@ -848,13 +756,6 @@ def collate(batch: list[tuple[torch.Tensor, torch.Tensor, int]]) -> tuple[torch.
     return images, targets, indices
 
 
-def _seed_worker(worker_id: int) -> None:
-    """Seed numpy and random in a DataLoader worker from its torch seed (base seed + id)."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
 def make_loader(
     dataset: torch.utils.data.Dataset,
     batch_size: int | None,
@@ -866,25 +767,22 @@ def make_loader(
     sampler: Any = None,
     pin_memory: bool | None = None,
 ) -> torch.utils.data.DataLoader:
-    """A seeded DataLoader: same seed, same order and same worker seeds.
+    """A seeded DataLoader: same seed, same order, and the same seeds in the workers (torch seeds
+    each worker's `random`, numpy and torch from the loader's generator).
 
     Batches are `collate`d: (images uint8 (B, S, S, 3), targets float32 (B,), indices (B,)).
     `batch_size=None` means `sampler` yields whole batches (lists of indices) and is used
     as the DataLoader's batch sampler. Workers live as long as this loader (the trainer makes
     one per epoch, so they start once per epoch); `pin_memory` defaults to whether CUDA is available.
     """
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+    _check_int("num_workers", num_workers, 0)
     if sampler is not None and shuffle:
         raise ValueError("pass shuffle=False together with sampler=: the sampler decides the order")
-    generator = torch.Generator()
-    generator.manual_seed(seed)
     common = dict(
         collate_fn=collate,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        worker_init_fn=_seed_worker if num_workers > 0 else None,
-        generator=generator,
+        generator=torch.Generator().manual_seed(seed),
         persistent_workers=num_workers > 0,
     )
     if batch_size is None:
@@ -892,8 +790,7 @@ def make_loader(
             raise ValueError("batch_size=None needs sampler= yielding lists of indices (one per batch), "
                              "and drop_last=False")
         return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int (or None with a batch sampler), got {batch_size!r}")
+    _check_int("batch_size", batch_size, 1, " (or None with a batch sampler)")
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
                                        drop_last=drop_last, **common)
 
@@ -933,4 +830,6 @@ def to_model_input(
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = x.permute(0, 3, 1, 2).contiguous(memory_format=fmt)
     x = x.float().div_(255.0)
-    return x.sub_(torch.tensor(mean, device=x.device).view(1, 3, 1, 1)).div_(torch.tensor(std, device=x.device).view(1, 3, 1, 1))
+    mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(mean_t).div_(std_t)
