@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 
 from common import RESULTS, machine  # noqa: E402  (puts the repository on sys.path)
 from iqa_lib import plots  # noqa: E402
-from iqa_lib.ensemble import ensemble, label_scores, load_predictions, oof_scores  # noqa: E402
+from iqa_lib.ensemble import ensemble, label_scores, load_predictions, oof_scores, oof_weights  # noqa: E402
 from iqa_lib.notebook import run_config  # noqa: E402
 
 FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
@@ -76,6 +76,12 @@ def main(argv=None) -> int:
             columns[f"{res} (iqr over {len(names)} folds)"] = ensemble(table[names], "iqr")
         columns[f"ensemble iqr ({len(table.columns)} runs)"] = ensemble(table, "iqr")
         columns[f"ensemble mean ({len(table.columns)} runs)"] = ensemble(table, "mean")
+        try:  # per-resolution weights fitted on the out-of-fold predictions (05_ensemble's oof_weighted)
+            weights = oof_weights(out, list(table.columns))
+            columns[f"ensemble oof_weighted ({len(table.columns)} runs)"] = ensemble(table, "oof_weighted", weights)
+            result["oof_weights"] = weights.to_dict()
+        except ValueError as e:
+            print(f"no oof_weighted ensemble: {e}")
         holdout = label_scores(columns, labels)
         result["holdout"] = holdout.reset_index().to_dict(orient="records")
         print("\nholdout (test_labels.csv):\n" + holdout.to_string())

@@ -146,7 +146,9 @@ def create_backbone(cfg: MANIQAConfig, pretrained: bool, weights_file: str | os.
         if not path.is_file():
             raise PretrainedWeightsError(
                 f"weights_file '{path}' does not exist: point `weights_file` (or ${WEIGHTS_ENV}) at a timm "
-                f"'{cfg.backbone}' weights file (.safetensors, .pth or .npz)."
+                f"'{cfg.backbone}' weights file (.safetensors, .pth or .npz; e.g. from the Hugging Face hub, "
+                f"timm/{cfg.backbone}), or at any timm ViT's file with model.backbone set to its name; on a "
+                f"machine with internet, weights_file null lets timm download them."
             )
         try:
             return timm.create_model(cfg.backbone, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)

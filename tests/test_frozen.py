@@ -239,3 +239,13 @@ def test_the_backbone_learning_rate_is_scaled(exposure_data, tmp_path):
         sched.step()
     head_lr, vit_lr = (g["lr"] for g in opt.param_groups)
     assert head_lr > 0 and vit_lr == pytest.approx(0.1 * head_lr)
+
+
+def test_the_cpu_profile_without_its_weights_file_stops_saying_what_to_pass(exposure_data, tmp_path):
+    from iqa_lib.model import PretrainedWeightsError
+
+    cfg = load_config("cpu", 112, 0, data_dir=str(exposure_data), out_dir=str(tmp_path),
+                      weights_file=str(tmp_path / "absent.safetensors"))
+    with pytest.raises(PretrainedWeightsError, match=r"absent.safetensors' does not exist.*timm/vit_small_patch14_dinov2"):
+        fit(cfg, progress=False)
+    assert not list(tmp_path.glob("runs/*/*.ckpt"))  # nothing trained from random weights
