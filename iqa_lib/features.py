@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -72,11 +73,6 @@ class FeatureCache:
     def __init__(self, array: np.ndarray, view_names: tuple[str, ...], path: Path):
         self.array, self.views, self.path = array, view_names, path
 
-    @staticmethod
-    def nbytes(n_images: int, n_views: int, model: MANIQA) -> int:
-        c = model.cfg
-        return n_images * n_views * len(c.feature_blocks) * c.embed_dim * c.grid**2 * np.dtype(DTYPE).itemsize
-
     @classmethod
     def build(cls, model: MANIQA, store: D.ImageStore, view_names: tuple[str, ...], folder: Path, *,
               device: torch.device, amp_dtype: torch.dtype | None = None, batch_size: int = 32,
@@ -89,7 +85,7 @@ class FeatureCache:
         shape = (len(store), len(view_names), len(model.cfg.feature_blocks) * model.cfg.embed_dim, model.cfg.grid**2)
         with FileLock(folder / f"{key}.lock"):  # DDP ranks, parallel folds: the first one builds it
             if not path.is_file():
-                needed, free = cls.nbytes(len(store), len(view_names), model), shutil.disk_usage(folder).free
+                needed, free = math.prod(shape) * np.dtype(DTYPE).itemsize, shutil.disk_usage(folder).free
                 if needed > free:
                     raise FeatureCacheError(
                         f"the feature cache needs {needed / 1e9:.1f} GB ({shape[0]} images x {shape[1]} views x "
