@@ -151,24 +151,6 @@ def _group_folds(images: pd.DataFrame, n_folds: int, mos_col: str, group_col: st
     return keys.map(fold_of).to_numpy(dtype=np.int64)
 
 
-def fold_split(folds_df: pd.DataFrame, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split the output of :func:`make_folds` into fold ``k``'s (train, val).
-
-    The number of folds is taken as ``max(fold) + 1``; both parts keep the
-    sorted order and get a fresh index.
-
-    Raises:
-        ValueError: no ``fold`` column, or ``k`` is not a valid fold index.
-    """
-    if "fold" not in folds_df.columns:
-        raise ValueError(f"column 'fold' not found; columns present: {list(folds_df.columns)}")
-    n_folds = int(folds_df["fold"].max()) + 1
-    if not isinstance(k, (int, np.integer)) or not 0 <= k < n_folds:
-        raise ValueError(f"fold index k must be an integer in [0, {n_folds - 1}], got {k!r}")
-    is_val = folds_df["fold"] == k
-    return folds_df[~is_val].reset_index(drop=True), folds_df[is_val].reset_index(drop=True)
-
-
 def folds_for_table(df: pd.DataFrame, n_folds: int = 5) -> pd.DataFrame:
     """The kit's default: group-aware when the table has a `group` column (KADID's reference
     images, written by `iqa_lib.datasets.prepare`), else exactly the team's folds (SPEC §2)."""
@@ -214,11 +196,10 @@ def recorded_split(outputs: Outputs, name: str) -> str | None:
 
 def stale_runs(outputs: Outputs, names: list[str]) -> list[str]:
     """The runs among `names` that were trained on another split than today's folds.csv."""
-    recorded = {name: recorded_split(outputs, name) for name in names}
-    if not any(recorded.values()):
-        return []
     now = current_split(outputs)
-    return [name for name, split in recorded.items() if split is not None and now is not None and split != now]
+    if now is None:
+        return []
+    return [name for name in names if recorded_split(outputs, name) not in (None, now)]
 
 
 def stale_message(names: list[str], outputs: Outputs) -> str:

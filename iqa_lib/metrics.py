@@ -48,12 +48,10 @@ def _prepare(pred: ArrayLike, target: ArrayLike) -> tuple[np.ndarray, np.ndarray
     return p, t, None
 
 
-def _correlation(
-    fn: Callable, name: str, p: np.ndarray, t: np.ndarray, reason: str | None, stacklevel: int
-) -> float:
+def _correlation(fn: Callable, name: str, p: np.ndarray, t: np.ndarray, reason: str | None) -> float:
     """Run ``fn`` (pearsonr or spearmanr) unless ``reason`` says it is undefined.
 
-    ``stacklevel`` makes the warning point at the caller's line, not at this module.
+    Called by the public functions only: the warning points at the line that called them.
     """
     if reason is None:
         # Huge finite values can still overflow inside scipy; treat that like any other degeneracy.
@@ -62,29 +60,20 @@ def _correlation(
         if math.isfinite(r):
             return r
         reason = "the correlation overflowed (values too large)"
-    warnings.warn(f"{name} set to 0.0: {reason}", RuntimeWarning, stacklevel=stacklevel)
+    warnings.warn(f"{name} set to 0.0: {reason}", RuntimeWarning, stacklevel=3)
     return 0.0
 
 
 def plcc(pred: ArrayLike, target: ArrayLike) -> float:
     """Pearson linear correlation coefficient (0.0 with a warning if undefined)."""
     p, t, reason = _prepare(pred, target)
-    return _correlation(stats.pearsonr, "PLCC", p, t, reason, stacklevel=3)
+    return _correlation(stats.pearsonr, "PLCC", p, t, reason)
 
 
 def srcc(pred: ArrayLike, target: ArrayLike) -> float:
     """Spearman rank correlation coefficient (0.0 with a warning if undefined)."""
     p, t, reason = _prepare(pred, target)
-    return _correlation(stats.spearmanr, "SRCC", p, t, reason, stacklevel=3)
-
-
-def _both(pred: ArrayLike, target: ArrayLike) -> tuple[float, float]:
-    """(PLCC, SRCC), validating the inputs once; only called directly by public functions."""
-    p, t, reason = _prepare(pred, target)
-    return (
-        _correlation(stats.pearsonr, "PLCC", p, t, reason, stacklevel=4),
-        _correlation(stats.spearmanr, "SRCC", p, t, reason, stacklevel=4),
-    )
+    return _correlation(stats.spearmanr, "SRCC", p, t, reason)
 
 
 def all_metrics(pred: ArrayLike, target: ArrayLike) -> dict[str, float]:
@@ -93,22 +82,12 @@ def all_metrics(pred: ArrayLike, target: ArrayLike) -> dict[str, float]:
     ``plcc_srcc`` is PLCC + SRCC, the team's validation metric; ``score`` is
     the challenge score (max(PLCC, 0) + max(SRCC, 0)) / 2.
     """
-    r_p, r_s = _both(pred, target)
+    p, t, reason = _prepare(pred, target)
+    r_p = _correlation(stats.pearsonr, "PLCC", p, t, reason)
+    r_s = _correlation(stats.spearmanr, "SRCC", p, t, reason)
     return {
         "plcc": r_p,
         "srcc": r_s,
         "plcc_srcc": r_p + r_s,
         "score": (max(r_p, 0.0) + max(r_s, 0.0)) / 2,
     }
-
-
-def challenge_score(pred: ArrayLike, target: ArrayLike) -> float:
-    """The challenge's MOS score: (max(PLCC, 0) + max(SRCC, 0)) / 2."""
-    r_p, r_s = _both(pred, target)
-    return (max(r_p, 0.0) + max(r_s, 0.0)) / 2
-
-
-def plcc_srcc(pred: ArrayLike, target: ArrayLike) -> float:
-    """PLCC + SRCC, the metric the team used to pick checkpoints."""
-    r_p, r_s = _both(pred, target)
-    return r_p + r_s

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iqa_lib.folds import fold_split, make_folds
+from iqa_lib.folds import make_folds
 
 CLIVE_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "clive_dev" / "train.csv"
 
@@ -105,32 +105,6 @@ def test_non_finite_or_non_numeric_mos():
         make_folds(pd.DataFrame({"img_name": ["a", "b", "c"], "mos": [1.0, np.nan, 2.0]}), n_folds=2)
     with pytest.raises(ValueError, match="must be numeric"):
         make_folds(pd.DataFrame({"img_name": ["a", "b"], "mos": ["1.0", "2.0"]}), n_folds=2)
-
-
-def test_fold_split_partitions(tiny):
-    folds = make_folds(tiny, n_folds=3)
-    seen = []
-    for k in range(3):
-        train, val = fold_split(folds, k)
-        assert set(val["fold"]) == {k}
-        assert k not in set(train["fold"])
-        assert len(train) + len(val) == len(folds)
-        assert train.index.tolist() == list(range(len(train)))
-        seen += val["img_name"].tolist()
-    assert sorted(seen) == sorted(folds["img_name"])
-    _, val = fold_split(folds, 0)
-    assert val["img_name"].tolist() == ["d", "b"]
-
-
-@pytest.mark.parametrize("k", [-1, 3, 1.0])
-def test_fold_split_bad_k(tiny, k):
-    with pytest.raises(ValueError, match=r"\[0, 2\]"):
-        fold_split(make_folds(tiny, n_folds=3), k)
-
-
-def test_fold_split_needs_fold_column(tiny):
-    with pytest.raises(ValueError, match="'fold'"):
-        fold_split(tiny, 0)
 
 
 def _assert_balanced(folds: pd.DataFrame, n_folds: int) -> None:
