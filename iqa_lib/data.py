@@ -33,7 +33,6 @@ Choices that affect pixel values (all match the team's OpenCV reader, `cv2.imrea
 
 from __future__ import annotations
 
-import copy
 import csv
 import difflib
 import hashlib
@@ -457,19 +456,15 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.copy() if im.mode == "RGB" else im.convert("RGB")
 
 
-def load_resized(
-    path: str | os.PathLike, size: int, *, backend: str = "pil", draft: bool | None = None
-) -> np.ndarray:
+def load_resized(path: str | os.PathLike, size: int, *, backend: str = "pil") -> np.ndarray:
     """The whole image resized to (size, size, 3) uint8 RGB, bicubic, aspect ratio not kept.
 
-    backend "pil": Pillow bicubic (antialiased when shrinking). "cv2": OpenCV INTER_CUBIC,
-    the team's exact resize (no antialiasing). `draft` (reduced-scale JPEG decode for huge
-    images) defaults to on for "pil" and off for "cv2".
+    backend "pil": Pillow bicubic (antialiased when shrinking), huge JPEGs decoded at reduced
+    scale. "cv2": OpenCV INTER_CUBIC, the team's exact resize (no antialiasing), full-size decode.
     """
     _check_int("size", size, 1, " (the model's input side, e.g. 384)")
     cv2 = _opencv(backend)
-    use_draft = (backend == "pil") if draft is None else draft
-    im = read_rgb(path, min_size=size if use_draft else None)
+    im = read_rgb(path, min_size=size if cv2 is None else None)
     if cv2 is None:
         return np.array(im.resize((size, size), Image.Resampling.BICUBIC))
     return cv2.resize(np.asarray(im), (size, size), interpolation=cv2.INTER_CUBIC)
@@ -558,14 +553,6 @@ class ImageStore:
         if self.images_file is None:
             return load_resized(self.paths[i], self.size, backend=self.backend)
         return np.array(self._memmap()[self._rows[i]])
-
-    def subset(self, indices: Sequence[int]) -> "ImageStore":
-        """A store over `paths[indices]` sharing this one's cache (no copy, no decode)."""
-        idx = np.asarray(indices, dtype=np.int64)
-        sub = copy.copy(self)
-        sub.paths = [self.paths[i] for i in idx]
-        sub._rows = None if self._rows is None else self._rows[idx]
-        return sub
 
     @property
     def cache_path(self) -> Path | None:
@@ -763,7 +750,6 @@ def make_loader(
     shuffle: bool,
     num_workers: int = 0,
     seed: int = 4420,
-    drop_last: bool = False,
     sampler: Any = None,
     pin_memory: bool | None = None,
 ) -> torch.utils.data.DataLoader:
@@ -774,25 +760,23 @@ def make_loader(
     `batch_size=None` means `sampler` yields whole batches (lists of indices) and is used
     as the DataLoader's batch sampler. Workers live as long as this loader (the trainer makes
     one per epoch, so they start once per epoch); `pin_memory` defaults to whether CUDA is available.
+    torch checks `batch_size` and `num_workers` (its messages name them).
     """
-    _check_int("num_workers", num_workers, 0)
     if sampler is not None and shuffle:
         raise ValueError("pass shuffle=False together with sampler=: the sampler decides the order")
-    common = dict(
+    if batch_size is None and sampler is None:
+        raise ValueError("batch_size=None needs sampler= yielding lists of indices (one per batch)")
+    batching = (dict(batch_sampler=sampler) if batch_size is None
+                else dict(batch_size=batch_size, shuffle=shuffle, sampler=sampler))
+    return torch.utils.data.DataLoader(
+        dataset,
+        **batching,
         collate_fn=collate,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=num_workers > 0,
     )
-    if batch_size is None:
-        if sampler is None or drop_last:
-            raise ValueError("batch_size=None needs sampler= yielding lists of indices (one per batch), "
-                             "and drop_last=False")
-        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common)
-    _check_int("batch_size", batch_size, 1, " (or None with a batch sampler)")
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
-                                       drop_last=drop_last, **common)
 
 
 def to_model_input(

@@ -460,15 +460,12 @@ def test_pool_build_matches_in_process_build(tmp_path, image_paths):
         np.testing.assert_array_equal(serial[i], pooled[i])
 
 
-def test_store_pickles_without_its_memmap_and_subsets(tmp_path, image_paths):
+def test_store_pickles_without_its_memmap(tmp_path, image_paths):
     store = D.ImageStore.open(image_paths, 16, cache_dir=tmp_path / "c", progress=False)
     first = store[0]  # opens the memmap
     clone = pickle.loads(pickle.dumps(store))
     assert clone._mm is None and len(pickle.dumps(store)) < 10_000
     np.testing.assert_array_equal(clone[0], first)
-    sub = store.subset([4, 0])
-    assert len(sub) == 2 and sub.paths == [image_paths[4], image_paths[0]]
-    np.testing.assert_array_equal(sub[1], first)
 
 
 def test_store_argument_errors(image_paths, tmp_path):
