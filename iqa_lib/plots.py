@@ -85,17 +85,11 @@ def plot_image_sizes(sizes: pd.DataFrame, *, split_col: str = "split") -> Figure
     return fig
 
 
-def _thumbnail(path: str, side: int):
-    from .data import read_rgb
-
-    im = read_rgb(path, min_size=side)
-    im.thumbnail((side, side))
-    return np.asarray(im)
-
-
 def plot_image_grid(table: pd.DataFrame, n: int = 5, *, path_col: str = "path", mos_col: str = "mos",
                     name_col: str = "img_name", thumb: int = 192) -> Figure:
     """The `n` best- (top row) and `n` worst-rated (bottom row) images with their MOS."""
+    from .data import read_rgb
+
     images = table.drop_duplicates(name_col) if name_col in table else table
     order = images.sort_values(mos_col, ascending=False, kind="stable")
     n = max(1, min(n, len(order)))
@@ -108,7 +102,9 @@ def plot_image_grid(table: pd.DataFrame, n: int = 5, *, path_col: str = "path", 
             if c >= len(part):
                 continue
             item = part.iloc[c]
-            ax.imshow(_thumbnail(item[path_col], thumb))
+            im = read_rgb(item[path_col], min_size=thumb)
+            im.thumbnail((thumb, thumb))
+            ax.imshow(im)
             ax.set_title(f"{label} {c + 1}: MOS {item[mos_col]:.2f}", fontsize=9)
     fig.suptitle(f"best and worst rated of {len(images):,} images")
     return fig
@@ -184,16 +180,15 @@ def plot_learning_curves(metrics: pd.DataFrame | str | os.PathLike, *, best_epoc
 
 
 def lr_schedule(schedule: Mapping[str, Any], n_steps: int) -> np.ndarray:
-    """The learning rate of optimiser steps 0..n_steps-1 under the `schedule:` parameters,
-    computed with the trainer's own scheduler on a dummy optimiser."""
+    """The learning rate of optimiser steps 0..n_steps-1 under the `schedule:` parameters
+    (`cfg.schedule.model_dump()`), computed with the trainer's own scheduler on a dummy optimiser
+    (whose own rate the scheduler ignores)."""
     import torch
 
     from .schedule import CosineAnnealingWarmupRestarts
 
-    ints = ("first_cycle_steps", "warmup_steps")
-    args = {k: int(v) if k in ints else float(v) for k, v in schedule.items()}
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=args.get("max_lr", 1.0))
-    sched = CosineAnnealingWarmupRestarts(opt, **args)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = CosineAnnealingWarmupRestarts(opt, **schedule)
     out = np.empty(max(int(n_steps), 0))
     with warnings.catch_warnings():  # stepping the scheduler without optimiser steps is the point here
         warnings.simplefilter("ignore", UserWarning)
