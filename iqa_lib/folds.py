@@ -43,29 +43,18 @@ def make_folds(
     name_col: str = "img_name",
     group_col: str | None = None,
 ) -> pd.DataFrame:
-    """Assign every image to one of ``n_folds`` folds.
+    """One row per image with its fold, from an annotation table that may have several rows
+    per image (one per caption, as the challenge's ``train.csv``).
 
-    Args:
-        df: annotation table, possibly with several rows per image (one per
-            caption, as in the challenge's ``train.csv``).
-        n_folds: number of folds, at least 2.
-        mos_col: column holding the mean opinion score.
-        name_col: column identifying an image.
-        group_col: column naming each image's group (e.g. ``group``: the source
-            scene); whole groups go to one fold (see the module docstring for the
-            scheme). None (the default) gives the team's folds exactly.
+    Each image keeps the columns of its first row, minus ``comments``, plus an int ``fold``;
+    the rows are in the recipe's order (MOS descending, then name) with a fresh 0..n-1 index.
+    Without ``group_col`` the image at position ``i`` is in fold ``i % n_folds``: the team's
+    folds exactly. With ``group_col`` (e.g. ``group``, the source scene) whole groups go to one
+    fold, by the scheme of the module docstring.
 
-    Returns:
-        One row per image (the columns of its first row, minus ``comments``)
-        plus an int ``fold`` column, ordered by MOS descending then name, with
-        a fresh 0..n-1 index. Without ``group_col`` the image at sorted position
-        ``i`` is in fold ``i % n_folds``.
-
-    Raises:
-        ValueError: a column is missing, ``n_folds`` is invalid or exceeds the
-            number of images (of groups, with ``group_col``), a MOS is missing or
-            not finite, one image has rows with different MOS values, or (with
-            ``group_col``) a group is missing or one image has rows in two groups.
+    A ValueError names the problem: a missing column, ``n_folds`` below 2 or above the number of
+    images (of groups), a missing or non-finite MOS, rows of one image with different MOS values
+    (or groups), a row without a group.
     """
     for col in (name_col, mos_col) + ((group_col,) if group_col is not None else ()):
         if col not in df.columns:

@@ -63,13 +63,13 @@ def plot_mos_hist(mos: Sequence[float], *, bins: int = 40, mos_scale: float | No
     return fig
 
 
-def plot_image_sizes(sizes: pd.DataFrame, *, split_col: str = "split") -> Figure:
+def plot_image_sizes(sizes: pd.DataFrame) -> Figure:
     """Width vs height scatter and aspect-ratio histogram, one colour per split (train/test).
 
     `sizes` has `width`, `height` and, optionally, a `split` column.
     """
     sizes = sizes.assign(aspect=sizes["width"] / sizes["height"])
-    groups = sizes.groupby(split_col, sort=False) if split_col in sizes else [("images", sizes)]
+    groups = sizes.groupby("split", sort=False) if "split" in sizes else [("images", sizes)]
     fig, (scatter, hist) = _figure(1, 2, (11, 4.2))
     colours = {"train": TRAIN_COLOUR, "test": TEST_COLOUR}
     bins = np.histogram_bin_edges(sizes["aspect"], bins=30)
@@ -85,13 +85,13 @@ def plot_image_sizes(sizes: pd.DataFrame, *, split_col: str = "split") -> Figure
     return fig
 
 
-def plot_image_grid(table: pd.DataFrame, n: int = 5, *, path_col: str = "path", mos_col: str = "mos",
-                    name_col: str = "img_name", thumb: int = 192) -> Figure:
-    """The `n` best- (top row) and `n` worst-rated (bottom row) images with their MOS."""
+def plot_image_grid(table: pd.DataFrame, n: int = 5, *, thumb: int = 192) -> Figure:
+    """The `n` best- (top row) and `n` worst-rated (bottom row) images with their MOS, from a
+    load_table table (`path`, `mos`, `img_name`)."""
     from .data import read_rgb
 
-    images = table.drop_duplicates(name_col) if name_col in table else table
-    order = images.sort_values(mos_col, ascending=False, kind="stable")
+    images = table.drop_duplicates("img_name") if "img_name" in table else table
+    order = images.sort_values("mos", ascending=False, kind="stable")
     n = max(1, min(n, len(order)))
     rows = [("best", order.head(n)), ("worst", order.tail(n).iloc[::-1])]
     fig, axes = _figure(2, n, (2.4 * n, 5.4), squeeze=False)
@@ -102,17 +102,17 @@ def plot_image_grid(table: pd.DataFrame, n: int = 5, *, path_col: str = "path", 
             if c >= len(part):
                 continue
             item = part.iloc[c]
-            im = read_rgb(item[path_col], min_size=thumb)
+            im = read_rgb(item["path"], min_size=thumb)
             im.thumbnail((thumb, thumb))
             ax.imshow(im)
-            ax.set_title(f"{label} {c + 1}: MOS {item[mos_col]:.2f}", fontsize=9)
+            ax.set_title(f"{label} {c + 1}: MOS {item['mos']:.2f}", fontsize=9)
     fig.suptitle(f"best and worst rated of {len(images):,} images")
     return fig
 
 
-def plot_rows_per_image(table: pd.DataFrame, *, name_col: str = "img_name") -> Figure:
+def plot_rows_per_image(table: pd.DataFrame) -> Figure:
     """How many CSV rows (captions) each image has: number of images per row count."""
-    counts = table.groupby(name_col).size().value_counts().sort_index()
+    counts = table.groupby("img_name").size().value_counts().sort_index()
     fig, ax = _figure(size=(6, 3.6))
     bars = ax.bar(counts.index.astype(str), counts.values, color=TRAIN_COLOUR)
     ax.bar_label(bars, labels=[f"{v:,}" for v in counts.values])
@@ -125,22 +125,21 @@ def plot_rows_per_image(table: pd.DataFrame, *, name_col: str = "img_name") -> F
 # --------------------------------------------------------------------------------------------
 # the folds (02_folds)
 # --------------------------------------------------------------------------------------------
-def fold_table(folds: pd.DataFrame, *, mos_col: str = "mos", fold_col: str = "fold") -> pd.DataFrame:
-    """Per fold: images, mean, sd, min and max MOS."""
-    g = folds.groupby(fold_col)[mos_col]
+def fold_table(folds: pd.DataFrame) -> pd.DataFrame:
+    """Per fold of make_folds' table: images, mean, sd, min and max MOS."""
+    g = folds.groupby("fold")["mos"]
     table = pd.DataFrame({"images": g.size(), "mean": g.mean(), "sd": g.std(), "min": g.min(), "max": g.max()})
     return table.round(4)
 
 
-def plot_fold_distributions(folds: pd.DataFrame, *, mos_col: str = "mos", fold_col: str = "fold",
-                            bins: int = 30) -> Figure:
+def plot_fold_distributions(folds: pd.DataFrame, *, bins: int = 30) -> Figure:
     """The MOS distribution of every validation fold, overlaid (they should coincide)."""
     fig, ax = _figure()
-    edges = np.histogram_bin_edges(folds[mos_col], bins=bins)
-    grid = _grid_for(folds[mos_col])
-    for i, (k, g) in enumerate(folds.groupby(fold_col)):
-        label = f"fold {k}: n = {len(g):,}, mean {g[mos_col].mean():.3f}"
-        _hist_density(ax, g[mos_col], edges, grid, f"C{i % 10}", label, histtype="step", lw=1, alpha=0.35)
+    edges = np.histogram_bin_edges(folds["mos"], bins=bins)
+    grid = _grid_for(folds["mos"])
+    for i, (k, g) in enumerate(folds.groupby("fold")):
+        label = f"fold {k}: n = {len(g):,}, mean {g['mos'].mean():.3f}"
+        _hist_density(ax, g["mos"], edges, grid, f"C{i % 10}", label, histtype="step", lw=1, alpha=0.35)
     ax.set(xlabel="MOS", ylabel="density", title="MOS per validation fold")
     ax.legend(fontsize=8)
     return fig
@@ -220,19 +219,18 @@ def plot_lr_schedule(schedule: Mapping[str, Any], n_steps: int, *, observed: pd.
     return fig
 
 
-def plot_pred_vs_true(oof: pd.DataFrame | str | os.PathLike, *, true_col: str = "mos", pred_col: str = "pred",
-                      title: str = "validation fold") -> Figure:
-    """Predicted vs true MOS (e.g. a run's oof.csv), PLCC / SRCC in the title."""
+def plot_pred_vs_true(oof: pd.DataFrame | str | os.PathLike, *, title: str = "validation fold") -> Figure:
+    """Predicted (`pred`) vs true MOS (`mos`), e.g. a run's oof.csv, PLCC / SRCC in the title."""
     from .metrics import all_metrics
 
     df = _as_frame(oof)
     with warnings.catch_warnings():  # a constant prediction scores 0 with a warning: the title says it
         warnings.simplefilter("ignore", RuntimeWarning)
-        m = all_metrics(df[pred_col].to_numpy(float), df[true_col].to_numpy(float))
+        m = all_metrics(df["pred"].to_numpy(float), df["mos"].to_numpy(float))
     fig, ax = _figure(size=(5.2, 5))
-    ax.scatter(df[true_col], df[pred_col], s=14, alpha=0.6)
-    lo = float(min(df[true_col].min(), df[pred_col].min()))
-    hi = float(max(df[true_col].max(), df[pred_col].max()))
+    ax.scatter(df["mos"], df["pred"], s=14, alpha=0.6)
+    lo = float(min(df["mos"].min(), df["pred"].min()))
+    hi = float(max(df["mos"].max(), df["pred"].max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="prediction = truth")
     ax.set(xlabel="true MOS", ylabel="predicted MOS",
            title=f"{title}: PLCC {m['plcc']:.3f}, SRCC {m['srcc']:.3f} (n = {len(df):,})")
