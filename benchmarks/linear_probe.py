@@ -1,10 +1,11 @@
 """The baseline a trained head must beat: ridge regression on a frozen ViT's pooled features.
 
-    python benchmarks/linear_probe.py --profile cpu --sizes 112,224 [--blocks all|6,7,8,9|0-5]
+    python benchmarks/linear_probe.py --profile cpu --sizes 112,224 [--blocks all|6,7,8,9|0-5] [--load-size 448 --crop-grid 2]
 
 For each input size, the profile's backbone (its weights file) computes, for every training and
 holdout image of the profile's data (a folder made by `iqa_lib.datasets.prepare ... --holdout`),
-the mean and the standard deviation over the tokens of each chosen block's output; a ridge
+the mean and the standard deviation over the tokens of each chosen block's output (with --load-size,
+of each crop of an n x n grid of the image stored at that side, averaged over the crops); a ridge
 regression (closed form, its penalty chosen by 5-fold cross-validation on the training images
 only) is fitted on the training images and scored once on the holdout (`test_labels.csv`).
 Writes `benchmarks/results/linear_probe_{blocks}_{device}.json`.
@@ -20,6 +21,7 @@ import torch
 from common import save  # noqa: E402  (puts the repository on sys.path)
 from iqa_lib import data as D  # noqa: E402
 from iqa_lib.config import load_config  # noqa: E402
+from iqa_lib.crops import grid_crops  # noqa: E402
 from iqa_lib.infer import model_config, pick_device  # noqa: E402
 from iqa_lib.metrics import plcc, srcc  # noqa: E402
 from iqa_lib.model import MANIQA, describe_backbone  # noqa: E402
@@ -37,14 +39,18 @@ def parse_blocks(text: str, depth: int) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def pooled_features(model: MANIQA, paths: list[str], size: int, device, batch_size: int = 16) -> np.ndarray:
-    store = D.ImageStore.open(paths, size, progress=False)
+def pooled_features(model: MANIQA, paths: list[str], size: int, device, batch_size: int = 16,
+                    load_size: int | None = None, crop_grid: int = 1) -> np.ndarray:
+    store = D.ImageStore.open(paths, load_size or size, progress=False)
     out = []
     for start in range(0, len(store), batch_size):
         x = D.to_model_input(np.stack([store[i] for i in range(start, min(start + batch_size, len(store)))]),
                              device=device, mean=model.cfg.mean, std=model.cfg.std)
-        f = model.features(x).float()  # (B, blocks * D, N)
-        out.append(torch.cat([f.mean(-1), f.std(-1)], dim=1).cpu().numpy())
+        pooled = []
+        for crop in grid_crops(x, size, crop_grid):  # the whole image when load_size is the model's size
+            f = model.features(crop).float()  # (B, blocks * D, N)
+            pooled.append(torch.cat([f.mean(-1), f.std(-1)], dim=1))
+        out.append(torch.stack(pooled).mean(0).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -64,7 +70,7 @@ def choose_penalty(x: np.ndarray, y: np.ndarray, seed: int = 0) -> float:
         for k in range(5):
             pred[folds == k] = ridge(x[folds != k], y[folds != k], lam)(x[folds == k])
         scores.append(srcc(pred, y))
-    return float(PENALTIES[int(np.argmax(scores))])
+    return float(PENALTIES[int(np.argmax(scores))]), float(max(scores))
 
 
 def main() -> None:
@@ -73,6 +79,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="112,224")
     ap.add_argument("--blocks", default="all", help="all, a range like 0-5, or a list like 6,7,8,9")
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--load-size", type=int, default=None, help="store images at this side and pool over crops")
+    ap.add_argument("--crop-grid", type=int, default=1, help="n: an n x n grid of crops (with --load-size)")
     args = ap.parse_args()
     torch.manual_seed(0)
     rows = []
@@ -90,17 +98,20 @@ def main() -> None:
         labels = pd.read_csv(f"{cfg.data_dir}/test_labels.csv", dtype={"img_name": str})
         test = test.merge(labels, on="img_name", validate="one_to_one")
         t0 = time.perf_counter()
-        x_train = pooled_features(model, train["path"].tolist(), size, device)
-        x_test = pooled_features(model, test["path"].tolist(), size, device)
+        view = dict(load_size=args.load_size, crop_grid=args.crop_grid)
+        x_train = pooled_features(model, train["path"].tolist(), size, device, **view)
+        x_test = pooled_features(model, test["path"].tolist(), size, device, **view)
         seconds = time.perf_counter() - t0
-        lam = choose_penalty(x_train, train["mos"].to_numpy())
+        lam, cv_srcc = choose_penalty(x_train, train["mos"].to_numpy())
         pred = ridge(x_train, train["mos"].to_numpy(), lam)(x_test)
         row = {"size": size, "blocks": list(blocks), "features": int(x_train.shape[1]), "penalty": lam,
+               "load_size": args.load_size or size, "crop_grid": args.crop_grid, "cv_srcc": round(cv_srcc, 4),
                "n_train": len(train), "n_holdout": len(test), "holdout_srcc": round(srcc(pred, test["mos"]), 4),
                "holdout_plcc": round(plcc(pred, test["mos"]), 4), "feature_seconds": round(seconds, 1)}
         print(row, flush=True)
         rows.append(row)
-    save(f"linear_probe_{args.blocks.replace(',', '_')}", {"profile": args.profile, "backbone": cfg.model.backbone,
+    crops = f"_crops{args.load_size}x{args.crop_grid}" if args.load_size else ""
+    save(f"linear_probe_{args.blocks.replace(',', '_')}{crops}", {"profile": args.profile, "backbone": cfg.model.backbone,
                                                         "data_dir": cfg.data_dir, "rows": rows}, device)
 
 

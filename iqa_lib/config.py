@@ -52,6 +52,7 @@ SHORTCUTS: dict[str, tuple[str, ...]] = {
     "max_steps": ("train.max_steps",), "devices": ("train.devices",), "compile": ("train.compile",),
     "num_workers": ("train.num_workers",), "lr": ("optim.lr", "schedule.max_lr"),
     "weights_file": ("model.weights_file",), "pretrained": ("model.pretrained",), "logger": ("train.logger",),
+    "loss": ("train.loss",), "ema_decay": ("train.ema_decay",), "freeze_backbone": ("train.freeze_backbone",),
 }
 PATH_KEYS = ("data_dir", "out_dir", "model.weights_file")
 
@@ -165,6 +166,8 @@ class ModelParams(Section):
     patch_size: Optional[Count]
     embed_dim: Optional[Count]
     feature_blocks: Annotated[list[Annotated[Int, Field(ge=0)]], Field(min_length=1)]
+    num_tab: Annotated[Int, Field(ge=0)]
+    dim_mlp: Count
 
 
 class OptimParams(Section):

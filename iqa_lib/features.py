@@ -2,15 +2,18 @@
 
 With `train.freeze_backbone` the ViT never changes, so what it computes for an image is fixed:
 the outputs of the feature blocks for each view training uses (the image as stored and, with
-`train.flip`, its flip). `FeatureCache.build` computes them once and stores them in fp16,
+`train.flip`, its flip; with crops, `model.load_size` > `img_size`, each crop of the
+`model.crop_grid` n x n grid and its flip: a fixed set of crops in place of random ones).
+`FeatureCache.build` computes them once and stores them in fp16,
 
     {out_dir}/cache/features/{key}.npy     (images, views, len(feature_blocks) * D, tokens)
 
-and an epoch then runs only the head (`MANIQA.head`). The key hashes everything the numbers
-depend on (the backbone's weights, input size, feature blocks, normalisation, the images and
-their order, the views), so the five folds of a resolution share one file and anything else
-gets its own. The result is exact up to fp16 rounding: `model.head(cache[i, 0])` is
-`model(image i)` in eval mode (tests/test_features.py).
+and an epoch then runs only the head (`MANIQA.head`) on one random view per image. The key
+hashes everything the numbers depend on (the backbone's weights, input size, feature blocks,
+normalisation, the images and their order, the views), so the five folds of a resolution share
+one file and anything else gets its own. The result is exact up to fp16 rounding:
+validation from the cache gives what `infer.predict_indices` gives for the same images (the mean
+over the crop grid), in eval mode (tests/test_frozen.py).
 
 What it buys: MANIQA's head costs about as much as its backbone, so skipping the backbone saves
 at most about half an epoch's time on MANIQA's own ViT-B, more when the head is small next to
@@ -33,6 +36,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from . import data as D
+from .crops import grid_crops
 from .model import MANIQA
 
 FORMAT = 1
@@ -43,9 +47,25 @@ class FeatureCacheError(RuntimeError):
     """The feature cache cannot be built here; the message says what to change."""
 
 
-def views(flip: str) -> tuple[str, ...]:
-    """The views training draws from: the stored image, and its flip when `train.flip` is on."""
-    return ("none",) if flip == "none" else ("none", flip)
+def views(flip: str, crop_grid: int = 0) -> tuple[str, ...]:
+    """The views training draws from: the stored image, and its flip when `train.flip` is on; with
+    crops (`crop_grid` n > 0), each of the n x n grid's crops, and each crop's flip."""
+    flips = ("none",) if flip == "none" else ("none", flip)
+    if not crop_grid:
+        return flips
+    return tuple(f"crop{p}" + ("" if f == "none" else f"+{f}") for p in range(crop_grid**2) for f in flips)
+
+
+def _place_and_flip(view: str) -> tuple[int | None, str]:
+    """'crop3+horizontal' -> (3, 'horizontal'); 'vertical' -> (None, 'vertical')."""
+    if not view.startswith("crop"):
+        return None, view
+    place, _, flip = view.removeprefix("crop").partition("+")
+    return int(place), flip or "none"
+
+
+def _flips(view_names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_place_and_flip(v)[1] for v in view_names))
 
 
 def _flipped(x: torch.Tensor, view: str) -> torch.Tensor:
@@ -98,11 +118,18 @@ class FeatureCache:
             raise FeatureCacheError(f"{path} holds {array.shape} {array.dtype}, not {shape}: delete it to rebuild it.")
         return cls(array, view_names, path)
 
+    @property
+    def places(self) -> int:
+        """Crops per image (1: the whole image)."""
+        return len(self.views) // len(_flips(self.views))
+
     @staticmethod
     @torch.no_grad()
     def _compute(model, store, view_names, path, shape, device, amp_dtype, batch_size, progress) -> None:
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=DTYPE, shape=shape)
+        flips = _flips(view_names)
+        crop_grid = math.isqrt(len(view_names) // len(flips)) if _place_and_flip(view_names[0])[0] is not None else 0
         was_training = model.training
         model.eval()
         try:
@@ -111,13 +138,16 @@ class FeatureCache:
                 rows = range(start, min(start + batch_size, len(store)))
                 x = D.to_model_input(np.stack([store[i] for i in rows]), device=device, mean=model.cfg.mean,
                                      std=model.cfg.std)
-                for v, view in enumerate(view_names):
-                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                        f = model.features(_flipped(x, view)).float()
-                    if not torch.isfinite(f.half()).all():
-                        raise FeatureCacheError(f"backbone features of {store.paths[rows[0]]} (batch) overflow fp16: "
-                                                f"set train.feature_cache: false for this backbone.")
-                    out[rows.start:rows.stop, v] = f.cpu().numpy().astype(DTYPE)
+                # The crops infer.predict_indices averages over (crops.grid_crops), or the whole image.
+                places = grid_crops(x, model.cfg.img_size, crop_grid) if crop_grid else [x]
+                for p, x_place in enumerate(places):
+                    for f, flip in enumerate(flips):
+                        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                            feats = model.features(_flipped(x_place, flip)).float()
+                        if not torch.isfinite(feats.half()).all():
+                            raise FeatureCacheError(f"backbone features of {store.paths[rows[0]]} (batch) overflow "
+                                                    f"fp16: set train.feature_cache: false for this backbone.")
+                        out[rows.start:rows.stop, p * len(flips) + f] = feats.cpu().numpy().astype(DTYPE)
             out.flush()
             del out
             os.replace(tmp, path)  # complete or absent: a killed build leaves only a temp file
@@ -128,14 +158,18 @@ class FeatureCache:
             model.train(was_training)
 
     def train_batch(self, indices, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        """Features of images `indices`, each in a random view: flipped with probability 0.5,
-        the coin drawn from `generator` as data.to_model_input draws it for images."""
+        """Features of images `indices`, each in a random view: one of the crops (drawn uniformly),
+        flipped with probability 0.5, drawn from `generator` (the flip coin as data.to_model_input
+        draws it for images)."""
         idx = np.asarray(indices)
-        if len(self.views) > 1:
+        n_flips = len(_flips(self.views))
+        which = np.zeros(len(idx), dtype=np.int64)
+        if self.places > 1:
+            place = torch.randint(self.places, (len(idx),), generator=generator, device=generator.device)
+            which += place.cpu().numpy().astype(np.int64) * n_flips
+        if n_flips > 1:
             coin = torch.rand(len(idx), generator=generator, device=generator.device) < 0.5
-            which = coin.cpu().numpy().astype(np.int64)
-        else:
-            which = np.zeros(len(idx), dtype=np.int64)
+            which += coin.cpu().numpy().astype(np.int64)
         order = np.argsort(idx, kind="stable")  # ascending rows read faster from the memmap
         feats = np.empty((len(idx), *self.array.shape[2:]), dtype=DTYPE)
         feats[order] = self.array[idx[order], which[order]]
@@ -144,15 +178,19 @@ class FeatureCache:
     @torch.no_grad()
     def predict(self, model: MANIQA, indices, device: torch.device, amp_dtype: torch.dtype | None = None,
                 batch_size: int = 32) -> np.ndarray:
-        """The model's scores (0-1 scale) of images `indices` from their unflipped features, in eval mode:
-        what `infer.predict_indices` gives for whole images, to fp16 rounding."""
+        """The model's scores (0-1 scale) of images `indices` from their unflipped features (the mean
+        over the crops), in eval mode: what `infer.predict_indices` gives, to fp16 rounding."""
         was_training = model.training
         model.eval()
+        n_flips = len(_flips(self.views))
         out = []
         for start in range(0, len(indices), batch_size):
             rows = np.asarray(indices[start:start + batch_size])
-            x = torch.from_numpy(np.asarray(self.array[rows, 0])).to(device).float()
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                out.append(model.head(x).float().cpu())
+            scores = []
+            for p in range(self.places):
+                x = torch.from_numpy(np.asarray(self.array[rows, p * n_flips])).to(device).float()
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    scores.append(model.head(x).float().cpu())
+            out.append(torch.stack(scores).mean(0))
         model.train(was_training)
         return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from . import data as D
 from .checkpoint import (KIT_FORMAT, CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text,
                          check_writable, remove_stale_temp_files, safe_torch_load)
-from .config import Config, ConfigError, RunFiles, flatten
+from .config import Config, RunFiles, flatten
 from .crops import random_crops, whole_image_view
 from .features import FeatureCache, views as feature_views
 from .folds import folds_for_table, recorded_split, split_fingerprint, stale_message, write_folds
@@ -312,12 +312,8 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
     # Frozen backbone + feature cache: the ViT's outputs computed once, then an epoch runs the head only.
     cache = None
     if tp.freeze_backbone and tp.feature_cache:
-        if view["load_size"] > mcfg.img_size:
-            raise ConfigError(
-                f"train.feature_cache stores the features of whole images, but model.load_size ({view['load_size']}) "
-                f"> img_size ({mcfg.img_size}) asks for random crops: set model.load_size null, or "
-                f"train.feature_cache false (the frozen backbone then runs on every crop).")
-        cache = FeatureCache.build(model, store, feature_views(tp.flip), cfg.outputs.cache / "features", device=device,
+        crops = view["crop_grid"] if view["load_size"] > mcfg.img_size else 0  # a fixed set: the grid's crops
+        cache = FeatureCache.build(model, store, feature_views(tp.flip, crops), cfg.outputs.cache / "features", device=device,
                                    amp_dtype=amp_dtype, batch_size=tp.val_batch_size, progress=progress)
     scheduler = CosineAnnealingWarmupRestarts(optimizer, **cfg.schedule.model_dump())
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -450,8 +446,11 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                                         world=world, crop=mcfg.img_size, crop_grid=view["crop_grid"])
             truth = folds["mos"].to_numpy(np.float64)[val_idx]
             if is_main and not np.any(preds):
+                scale_free = "mse" not in tp.loss  # plcc, nin, rank do not anchor the scores' level
                 print(f"{name}: WARNING every validation prediction is 0: the score head's final ReLU is dead "
-                      f"(it can happen at random init). Try another seed or a wider model.head_hidden.")
+                      + (f"(train.loss {tp.loss!r} ignores the scores' level, so nothing keeps them above 0: add an "
+                         f"mse term, e.g. \"{tp.loss}+0.1*mse\")." if scale_free else
+                         "(it can happen at random init). Try another seed or a wider model.head_hidden."))
             metrics = all_metrics(preds * mos_scale, truth)
             val_loss = float(np.mean((preds - truth / mos_scale) ** 2))
             row = {"epoch": epoch, "step": step, "train_loss": train_loss, "val_loss": val_loss, **metrics,

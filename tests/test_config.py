@@ -104,7 +104,7 @@ def test_demo_and_cpu_profiles_override_the_recipe():
         assert cfg.out_dir == str(REPO / "outputs" / "demo")
     for res in CPU_RES:
         cpu = load_config("cpu", res, 0)
-        assert cpu.model.img_size == cpu.model.load_size == res and cpu.model.crop_grid == 1
+        assert cpu.model.img_size == res and cpu.model.load_size == 2 * res and cpu.model.crop_grid == 2
         assert cpu.model.pretrained is True and cpu.model.backbone == "vit_small_patch14_dinov2"
         assert cpu.model.weights_file == str((REPO / "../shared/weights/vit_small_patch14_dinov2.safetensors").resolve())
         assert cpu.train.freeze_backbone and cpu.train.feature_cache and cpu.out_dir == str(REPO / "outputs" / "clive")
@@ -121,6 +121,8 @@ def test_overrides_nested_dotted_and_free_form():
     # The notebook parameters (SHORTCUTS) set their keys; None keeps the profile's value.
     cfg = load_config("demo", 128, 1, epochs=4, lr=2.0e-4, batch_size=None)
     assert cfg.train.epochs == 4 and cfg.optim.lr == cfg.schedule.max_lr == 2.0e-4 and cfg.train.batch_size == 8
+    cfg = load_config("demo", 128, 1, loss="plcc+0.5*rank", ema_decay=0.95, freeze_backbone=True)
+    assert (cfg.train.loss, cfg.train.ema_decay, cfg.train.freeze_backbone) == ("plcc+0.5*rank", 0.95, True)
 
 
 def test_dotted_key_inside_free_form_vit_kwargs():

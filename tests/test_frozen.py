@@ -184,10 +184,44 @@ def test_freezing_keeps_the_backbone_and_trains_the_head(exposure_data, tmp_path
     assert not torch.equal(before["conv1.weight"], after["conv1.weight"])
 
 
-def test_crops_and_the_cache_do_not_mix(exposure_data, tmp_path):
-    cfg = tiny_params(exposure_data, tmp_path, **{"train.freeze_backbone": True, "model.load_size": 72})
-    with pytest.raises(ConfigError, match="train.feature_cache stores the features of whole images"):
-        fit(cfg, progress=False)
+def test_the_cache_of_crops_scores_as_the_crop_grid_at_inference(store, small14_file, tmp_path):
+    torch.manual_seed(1)
+    model = MANIQA(small14_config(56), pretrained=True, weights_file=small14_file[0]).freeze_backbone()
+    large = D.ImageStore.open(store.paths, 112)  # stored at 112: a 2 x 2 grid of 56 px crops covers it
+    names = F.views("horizontal", crop_grid=2)
+    assert names == ("crop0", "crop0+horizontal", "crop1", "crop1+horizontal", "crop2", "crop2+horizontal",
+                     "crop3", "crop3+horizontal")
+    cache = F.FeatureCache.build(model, large, names, tmp_path, device=torch.device("cpu"), progress=False)
+    assert cache.array.shape == (6, 8, 4 * 32, 16) and cache.places == 4
+    full = predict_indices(model, D.IQADataset(large), np.arange(6), torch.device("cpu"), None, crop=56, crop_grid=2)
+    cached = cache.predict(model, np.arange(6), torch.device("cpu"))
+    assert np.allclose(cached, full, rtol=0, atol=2e-3), np.abs(cached - full).max()
+    whole = predict_indices(model, D.IQADataset(store), np.arange(6), torch.device("cpu"), None)
+    assert not np.allclose(cached, whole, atol=2e-3)  # the crops are not the resized image
+    # view 2p + 1 is crop p mirrored: the bottom-right crop's
+    x = D.to_model_input(np.stack([large[i] for i in range(6)]), mean=IMAGENET[0], std=IMAGENET[1])
+    with torch.no_grad():
+        mirrored = model.features(x[..., 56:, 56:].flip(-1)).numpy()
+    assert np.allclose(cache.array[:, 7], mirrored, atol=2e-2 * np.abs(mirrored).max())
+    # training draws every crop and both flips, reproducibly from the generator
+    gen = torch.Generator().manual_seed(0)
+    seen = {tuple(cache.train_batch([0], gen, torch.device("cpu")).flatten()[:4].tolist()) for _ in range(200)}
+    assert len(seen) == 8
+    assert torch.equal(cache.train_batch(np.arange(6), torch.Generator().manual_seed(3), torch.device("cpu")),
+                       cache.train_batch(np.arange(6), torch.Generator().manual_seed(3), torch.device("cpu")))
+
+
+def test_a_cached_run_on_crops_validates_as_its_checkpoint_predicts(exposure_data, tmp_path):
+    cfg = tiny_params(exposure_data, tmp_path, **{"train.freeze_backbone": True, "model.load_size": 128,
+                                                   "model.crop_grid": 2, "train.epochs": 1})
+    assert fit(cfg, progress=False).status == "completed"
+    assert np.load(next(cfg.outputs.cache.glob("features/*.npy")), mmap_mode="r").shape[1] == 8
+    oof = pd.read_csv(cfg.run.oof, dtype={"img_name": str})
+    val = oof[["img_name"]].assign(img_path=[f"./train/{n}.jpg" for n in oof.img_name])
+    val.to_csv(exposure_data / "val_only.csv", index=False)
+    pred = predict(cfg.run.checkpoint, exposure_data, "val_only.csv", device="cpu", progress=False)
+    both = oof.merge(pred, on="img_name")
+    assert np.allclose(both["pred"], both["mos_y"], atol=0.02), (both["pred"] - both["mos_y"]).abs().max()
 
 
 def test_resume_of_a_cached_ema_run_matches_the_uninterrupted_one(exposure_data, tmp_path, monkeypatch):
