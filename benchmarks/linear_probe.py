@@ -11,7 +11,6 @@ only) is fitted on the training images and scored once on the holdout (`test_lab
 Writes `benchmarks/results/linear_probe_{blocks}_{device}.json`.
 """
 import argparse
-import json
 import time
 
 import numpy as np

@@ -56,16 +56,9 @@ def views(flip: str, crop_grid: int = 0) -> tuple[str, ...]:
     return tuple(f"crop{p}" + ("" if f == "none" else f"+{f}") for p in range(crop_grid**2) for f in flips)
 
 
-def _place_and_flip(view: str) -> tuple[int | None, str]:
-    """'crop3+horizontal' -> (3, 'horizontal'); 'vertical' -> (None, 'vertical')."""
-    if not view.startswith("crop"):
-        return None, view
-    place, _, flip = view.removeprefix("crop").partition("+")
-    return int(place), flip or "none"
-
-
 def _flips(view_names: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(_place_and_flip(v)[1] for v in view_names))
+    """The flips among `views(...)` names, in order: ('crop0', 'crop0+horizontal', ...) -> ('none', 'horizontal')."""
+    return tuple(dict.fromkeys((v.partition("+")[2] or "none") if v.startswith("crop") else v for v in view_names))
 
 
 def _flipped(x: torch.Tensor, view: str) -> torch.Tensor:
@@ -92,6 +85,8 @@ class FeatureCache:
 
     def __init__(self, array: np.ndarray, view_names: tuple[str, ...], path: Path):
         self.array, self.views, self.path = array, view_names, path
+        self.flips = _flips(view_names)
+        self.places = len(view_names) // len(self.flips)  # crops per image (1: the whole image); view = place x flip
 
     @classmethod
     def build(cls, model: MANIQA, store: D.ImageStore, view_names: tuple[str, ...], folder: Path, *,
@@ -111,17 +106,13 @@ class FeatureCache:
                         f"the feature cache needs {needed / 1e9:.1f} GB ({shape[0]} images x {shape[1]} views x "
                         f"{shape[2]} channels x {shape[3]} tokens x 2 bytes) but {folder} has {free / 1e9:.1f} GB "
                         f"free. Free some space, or set train.feature_cache: false (the frozen backbone then runs "
-                        f"every step), or use fewer model.feature_blocks or a smaller input size.")
+                        f"every step), or use fewer model.feature_blocks, a smaller input size, fewer views (a smaller "
+                        f"model.crop_grid, train.flip: none).")
                 cls._compute(model, store, view_names, path, shape, device, amp_dtype, batch_size, progress)
         array = np.load(path, mmap_mode="r")
         if array.shape != shape or array.dtype != DTYPE:
             raise FeatureCacheError(f"{path} holds {array.shape} {array.dtype}, not {shape}: delete it to rebuild it.")
         return cls(array, view_names, path)
-
-    @property
-    def places(self) -> int:
-        """Crops per image (1: the whole image)."""
-        return len(self.views) // len(_flips(self.views))
 
     @staticmethod
     @torch.no_grad()
@@ -129,7 +120,7 @@ class FeatureCache:
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=DTYPE, shape=shape)
         flips = _flips(view_names)
-        crop_grid = math.isqrt(len(view_names) // len(flips)) if _place_and_flip(view_names[0])[0] is not None else 0
+        crop_grid = math.isqrt(len(view_names) // len(flips)) if view_names[0].startswith("crop") else 0
         was_training = model.training
         model.eval()
         try:
@@ -162,12 +153,11 @@ class FeatureCache:
         flipped with probability 0.5, drawn from `generator` (the flip coin as data.to_model_input
         draws it for images)."""
         idx = np.asarray(indices)
-        n_flips = len(_flips(self.views))
         which = np.zeros(len(idx), dtype=np.int64)
         if self.places > 1:
             place = torch.randint(self.places, (len(idx),), generator=generator, device=generator.device)
-            which += place.cpu().numpy().astype(np.int64) * n_flips
-        if n_flips > 1:
+            which += place.cpu().numpy().astype(np.int64) * len(self.flips)
+        if len(self.flips) > 1:
             coin = torch.rand(len(idx), generator=generator, device=generator.device) < 0.5
             which += coin.cpu().numpy().astype(np.int64)
         order = np.argsort(idx, kind="stable")  # ascending rows read faster from the memmap
@@ -182,13 +172,12 @@ class FeatureCache:
         over the crops), in eval mode: what `infer.predict_indices` gives, to fp16 rounding."""
         was_training = model.training
         model.eval()
-        n_flips = len(_flips(self.views))
         out = []
         for start in range(0, len(indices), batch_size):
             rows = np.asarray(indices[start:start + batch_size])
             scores = []
             for p in range(self.places):
-                x = torch.from_numpy(np.asarray(self.array[rows, p * n_flips])).to(device).float()
+                x = torch.from_numpy(np.asarray(self.array[rows, p * len(self.flips)])).to(device).float()
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     scores.append(model.head(x).float().cpu())
             out.append(torch.stack(scores).mean(0))

@@ -1,6 +1,5 @@
 """Any timm ViT as the backbone, its own normalisation, a frozen backbone with a feature cache,
 EMA of the weights, a slower backbone learning rate (issue: pretrained backbones)."""
-import os
 import shutil
 from pathlib import Path
 
