@@ -145,6 +145,16 @@ def test_the_cache_refuses_a_disk_too_small_with_the_figure(store, monkeypatch, 
     assert not list(tmp_path.glob("*.npy"))
 
 
+def assert_checkpoint_predicts_its_oof(cfg, data_dir):
+    """`predict` with the run's checkpoint on its validation images gives oof.csv's scores."""
+    oof = pd.read_csv(cfg.run.oof, dtype={"img_name": str})
+    val = oof[["img_name"]].assign(img_path=[f"./train/{n}.jpg" for n in oof.img_name])
+    val.to_csv(data_dir / "val_only.csv", index=False)
+    pred = predict(cfg.run.checkpoint, data_dir, "val_only.csv", device="cpu", progress=False)
+    both = oof.merge(pred, on="img_name")
+    assert np.allclose(both["pred"], both["mos_y"], atol=0.02), (both["pred"] - both["mos_y"]).abs().max()
+
+
 def test_a_frozen_run_trains_only_the_head_and_its_checkpoint_predicts_as_validated(exposure_data, tmp_path):
     cfg = tiny_params(exposure_data, tmp_path, **{"train.freeze_backbone": True, "train.epochs": 2})
     result = fit(cfg, progress=False)
@@ -158,12 +168,7 @@ def test_a_frozen_run_trains_only_the_head_and_its_checkpoint_predicts_as_valida
     assert len(list(cfg.outputs.cache.glob("features/*.npy"))) == 1
     # The checkpoint is a normal MANIQA checkpoint: its predictions on the validation images are the
     # ones validation computed from the cached features (oof.csv), to fp16 rounding.
-    oof = pd.read_csv(cfg.run.oof, dtype={"img_name": str})
-    val = oof[["img_name"]].assign(img_path=[f"./train/{n}.jpg" for n in oof.img_name])
-    val.to_csv(exposure_data / "val_only.csv", index=False)
-    pred = predict(cfg.run.checkpoint, exposure_data, "val_only.csv", device="cpu", progress=False)
-    both = oof.merge(pred, on="img_name")
-    assert np.allclose(both["pred"], both["mos_y"], atol=0.02), (both["pred"] - both["mos_y"]).abs().max()
+    assert_checkpoint_predicts_its_oof(cfg, exposure_data)
 
 
 def test_freezing_keeps_the_backbone_and_trains_the_head(exposure_data, tmp_path):
@@ -215,12 +220,7 @@ def test_a_cached_run_on_crops_validates_as_its_checkpoint_predicts(exposure_dat
                                                    "model.crop_grid": 2, "train.epochs": 1})
     assert fit(cfg, progress=False).status == "completed"
     assert np.load(next(cfg.outputs.cache.glob("features/*.npy")), mmap_mode="r").shape[1] == 8
-    oof = pd.read_csv(cfg.run.oof, dtype={"img_name": str})
-    val = oof[["img_name"]].assign(img_path=[f"./train/{n}.jpg" for n in oof.img_name])
-    val.to_csv(exposure_data / "val_only.csv", index=False)
-    pred = predict(cfg.run.checkpoint, exposure_data, "val_only.csv", device="cpu", progress=False)
-    both = oof.merge(pred, on="img_name")
-    assert np.allclose(both["pred"], both["mos_y"], atol=0.02), (both["pred"] - both["mos_y"]).abs().max()
+    assert_checkpoint_predicts_its_oof(cfg, exposure_data)
 
 
 def test_resume_of_a_cached_ema_run_matches_the_uninterrupted_one(exposure_data, tmp_path, monkeypatch):
