@@ -7,10 +7,8 @@ PIP := $(PYTHON) -m pip
 install:
 	$(PIP) install --quiet --disable-pip-version-check -e ".[dev]"
 
-# Two pytest workers (pytest-xdist), one test file each at a time: most of the suite's time is
-# notebook kernels and subprocesses starting, which a second core overlaps.
 test: install
-	$(PYTHON) -m pytest -q -n 2 --dist loadfile
+	$(PYTHON) -m pytest -q
 
 demo: install
 	$(PYTHON) -m iqa_lib.run_all --profile demo
