@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from . import data as D
 from .checkpoint import (KIT_FORMAT, CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text,
                          check_writable, remove_stale_temp_files, safe_torch_load)
-from .config import Config, RunFiles, flatten
+from .config import Config, RunFiles, flatten, loss_terms
 from .crops import random_crops, whole_image_view
 from .features import FeatureCache, views as feature_views
 from .folds import folds_for_table, recorded_split, split_fingerprint, stale_message, write_folds
@@ -446,7 +446,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                                         world=world, crop=mcfg.img_size, crop_grid=view["crop_grid"])
             truth = folds["mos"].to_numpy(np.float64)[val_idx]
             if is_main and not np.any(preds):
-                scale_free = "mse" not in tp.loss  # plcc, nin, rank do not anchor the scores' level
+                scale_free = "mse" not in (n for _, n in loss_terms(tp.loss))  # plcc, nin, rank ignore the level
                 print(f"{name}: WARNING every validation prediction is 0: the score head's final ReLU is dead "
                       + (f"(train.loss {tp.loss!r} ignores the scores' level, so nothing keeps them above 0: add an "
                          f"mse term, e.g. \"{tp.loss}+0.1*mse\")." if scale_free else
