@@ -7,8 +7,10 @@ PIP := $(PYTHON) -m pip
 install:
 	$(PIP) install --quiet --disable-pip-version-check -e ".[dev]"
 
+# Two pytest-xdist workers with one torch thread each: most of the suite is single-threaded (kernel
+# starts, imports, papermill), so two at once halve it; two threads each would oversubscribe 2 cores.
 test: install
-	$(PYTHON) -m pytest -q
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) -m pytest -q -n 2
 
 demo: install
 	$(PYTHON) -m iqa_lib.run_all --profile demo
