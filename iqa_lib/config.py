@@ -305,6 +305,7 @@ class Outputs:
         self.root = Path(root)
         self.folds = self.root / "folds.csv"  # 02_folds
         self.cache = self.root / "cache"  # pre-resized images (data.ImageStore)
+        self.features = self.cache / "features"  # a frozen backbone's outputs (features.FeatureCache)
         self.runs = self.root / "runs"  # 03_train: one RunFiles folder per run
         self.preds = self.root / "preds"  # 04_infer: {res}_fold{k}.csv
         self.submission = self.root / "submission.csv"  # 05_ensemble

@@ -21,6 +21,7 @@ from . import data as D
 from .checkpoint import CheckpointError, atomic_write_text, load_model_checkpoint
 from .config import PRECISIONS, Config, ConfigError
 from .crops import grid_crops, whole_image_view
+from .features import FeatureCache, views
 from .model import MANIQA, MANIQAConfig, describe_backbone
 
 # The model section's keys that are MANIQAConfig fields (the others say how to build or feed it).
@@ -134,6 +135,7 @@ def predict(
     device: str = "auto",
     precision: str = "bf16",
     cache_dir: str | Path | None = None,
+    features_dir: str | Path | None = None,
     num_workers: int = 0,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -142,6 +144,9 @@ def predict(
     `tta=True` averages the image with its vertical and horizontal flips. A checkpoint trained
     on crops (`model.load_size`) is scored over its grid of crops (iqa_lib.crops). `expect` (the
     config the caller means to use) makes a checkpoint of another model fail clearly.
+    `features_dir` (for runs trained on a frozen backbone, without `tta`): the backbone's features
+    of these images are stored there once (iqa_lib.features, keyed by the backbone's weights), so
+    the folds of one input size share them and each run then costs its head only.
     """
     model, ckpt = load_model(checkpoint, expect)
     dev = pick_device(device)
@@ -153,9 +158,14 @@ def predict(
     view = ckpt.get("input") or whole_image_view(model.cfg.img_size)
     store = D.ImageStore.open(table["path"].tolist(), int(view["load_size"]), cache_dir=cache_dir,
                               num_workers=num_workers, progress=progress)
-    preds = predict_indices(model, D.IQADataset(store), np.arange(len(table)), dev, autocast_dtype(precision, dev),
-                            batch_size=batch_size, num_workers=num_workers, tta=tta,
-                            crop=model.cfg.img_size, crop_grid=int(view["crop_grid"]))
+    amp, crops = autocast_dtype(precision, dev), int(view["crop_grid"]) if view["load_size"] > model.cfg.img_size else 0
+    if features_dir is not None and not tta:
+        cache = FeatureCache.build(model, store, views("none", crops), Path(features_dir), device=dev, amp_dtype=amp,
+                                   batch_size=batch_size, progress=progress)
+        preds = cache.predict(model, np.arange(len(table)), dev, amp, batch_size=batch_size)
+    else:
+        preds = predict_indices(model, D.IQADataset(store), np.arange(len(table)), dev, amp, batch_size=batch_size,
+                                num_workers=num_workers, tta=tta, crop=model.cfg.img_size, crop_grid=crops or 1)
     return pd.DataFrame({"img_name": table["img_name"], "mos": np.clip(preds * scale, 0.0, scale)})
 
 

@@ -313,7 +313,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
     cache = None
     if tp.freeze_backbone and tp.feature_cache:
         crops = view["crop_grid"] if view["load_size"] > mcfg.img_size else 0  # a fixed set: the grid's crops
-        cache = FeatureCache.build(model, store, feature_views(tp.flip, crops), cfg.outputs.cache / "features", device=device,
+        cache = FeatureCache.build(model, store, feature_views(tp.flip, crops), cfg.outputs.features, device=device,
                                    amp_dtype=amp_dtype, batch_size=tp.val_batch_size, progress=progress)
     scheduler = CosineAnnealingWarmupRestarts(optimizer, **cfg.schedule.model_dump())
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)

@@ -223,6 +223,31 @@ def test_a_cached_run_on_crops_validates_as_its_checkpoint_predicts(exposure_dat
     assert_checkpoint_predicts_its_oof(cfg, exposure_data)
 
 
+def test_inference_on_cached_features_of_a_frozen_backbone_is_shared_by_its_folds(exposure_data, tmp_path):
+    cfg = tiny_params(exposure_data, tmp_path, **{"train.freeze_backbone": True, "model.load_size": 128,
+                                                   "model.crop_grid": 2, "train.epochs": 1, "train.flip": "none"})
+    fit(cfg, progress=False)
+    # another fold of the same size: the same frozen backbone, another head
+    other = tmp_path / "other.ckpt"
+    ckpt = safe_torch_load(cfg.run.checkpoint)
+    ckpt["model"]["fc_score.0.bias"] += 0.5
+    torch.save(ckpt, other)
+    feats = tmp_path / "test_features"
+    kw = dict(device="cpu", precision="fp32", progress=False)
+    scores = []
+    for path in (cfg.run.checkpoint, other):
+        full = predict(path, exposure_data, "test.csv", **kw)
+        cached = predict(path, exposure_data, "test.csv", features_dir=feats, **kw)
+        assert list(cached.img_name) == list(full.img_name)
+        assert np.allclose(cached.mos, full.mos, atol=2e-3 * cfg.mos_scale), (cached.mos - full.mos).abs().max()
+        scores.append(cached.mos.to_numpy())
+    assert not np.allclose(*scores)  # one file of features, each run its own head
+    files = list(feats.glob("*.npy"))
+    assert len(files) == 1 and np.load(files[0], mmap_mode="r").shape[:2] == (len(full), 4)  # 4 crops, no flips
+    with_tta = predict(other, exposure_data, "test.csv", features_dir=feats, tta=True, **kw)  # flips: the full path
+    assert len(list(feats.glob("*.npy"))) == 1 and not np.allclose(with_tta.mos, cached.mos, atol=1e-6)
+
+
 def test_resume_of_a_cached_ema_run_matches_the_uninterrupted_one(exposure_data, tmp_path, monkeypatch):
     ov = {"train.freeze_backbone": True, "train.ema_decay": 0.9, "train.loss": "0.5*mse+rank", "train.epochs": 3,
           "train.save_every_steps": 2}
