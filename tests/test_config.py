@@ -107,7 +107,9 @@ def test_demo_and_cpu_profiles_override_the_recipe():
         assert cpu.model.img_size == res and cpu.model.load_size == 2 * res and cpu.model.crop_grid == 2
         assert cpu.model.pretrained is True and cpu.model.backbone == "vit_small_patch14_dinov2"
         assert cpu.model.weights_file == str((REPO / "../shared/weights/vit_small_patch14_dinov2.safetensors").resolve())
-        assert cpu.train.freeze_backbone and cpu.train.feature_cache and cpu.out_dir == str(REPO / "outputs" / "clive")
+        frozen = res != 112  # 112 px fine-tunes the ViT at a tenth of the head's rate; 168 / 224 train the head only
+        assert cpu.train.freeze_backbone is cpu.train.feature_cache is frozen and cpu.out_dir == str(REPO / "outputs" / "clive")
+        assert cpu.optim.backbone_lr_scale == (1.0 if frozen else 0.1)
         assert model_config(cpu).grid == res // 14
 
 
