@@ -6,6 +6,7 @@ import importlib.util
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,12 +62,26 @@ def read_scalars(folder: Path) -> dict[str, dict[int, float]]:
     return out
 
 
-def wandb_records(run_dir: Path) -> list:
-    """The records of an offline run's run-ID.wandb file (a LevelDB-style log of protobuf records)."""
+def wandb_records(run_dir: Path, timeout: float = 60.0) -> list:
+    """The records of an offline run's run-ID.wandb file, once complete. wandb's service process writes
+    the file and may still be flushing it when `run.finish()` has returned (seen on a loaded 2-core
+    machine), so this waits for the exit record and a settled size (at most `timeout` seconds)."""
+    (path,) = run_dir.glob("run-*.wandb")
+    deadline, size = time.monotonic() + timeout, -1
+    while True:
+        records = _read_wandb_log(path.read_bytes())
+        done = any(r.WhichOneof("record_type") == "exit" for r in records) and path.stat().st_size == size
+        if done or time.monotonic() > deadline:
+            return records
+        size = path.stat().st_size
+        time.sleep(0.5)
+
+
+def _read_wandb_log(raw: bytes) -> list:
+    """The records of a run-ID.wandb file's bytes (a LevelDB-style log of protobuf records)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    (path,) = run_dir.glob("run-*.wandb")
-    raw, pos, chunk, records, block = path.read_bytes(), 7, b"", [], 32768  # 7: the ':W&B' header
+    pos, chunk, records, block = 7, b"", [], 32768  # 7: the ':W&B' header
     while pos + 7 <= len(raw):
         if block - pos % block < 7:  # a block's tail too short for a record header is padding
             pos += block - pos % block
