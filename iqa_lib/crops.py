@@ -19,6 +19,11 @@ def whole_image_view(img_size: int) -> dict:
     return {"load_size": int(img_size), "crop_grid": 1}
 
 
+def grid_size(view: dict, img_size: int) -> int:
+    """n of the n x n grid of crops a view is scored over; 0 when the image is shown whole."""
+    return int(view["crop_grid"]) if view["load_size"] > img_size else 0
+
+
 def random_crops(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """One random `size` x `size` crop per image of a (B, L, L, C) batch, on its device.
 

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from . import data as D
 from .checkpoint import CheckpointError, atomic_write_text, load_model_checkpoint
 from .config import PRECISIONS, Config, ConfigError
-from .crops import grid_crops, whole_image_view
+from .crops import grid_crops, grid_size, whole_image_view
 from .features import FeatureCache, views
 from .model import MANIQA, MANIQAConfig, describe_backbone
 
@@ -158,14 +158,15 @@ def predict(
     view = ckpt.get("input") or whole_image_view(model.cfg.img_size)
     store = D.ImageStore.open(table["path"].tolist(), int(view["load_size"]), cache_dir=cache_dir,
                               num_workers=num_workers, progress=progress)
-    amp, crops = autocast_dtype(precision, dev), int(view["crop_grid"]) if view["load_size"] > model.cfg.img_size else 0
+    amp = autocast_dtype(precision, dev)
     if features_dir is not None and not tta:
-        cache = FeatureCache.build(model, store, views("none", crops), Path(features_dir), device=dev, amp_dtype=amp,
-                                   batch_size=batch_size, progress=progress)
+        cache = FeatureCache.build(model, store, views("none", grid_size(view, model.cfg.img_size)), Path(features_dir),
+                                   device=dev, amp_dtype=amp, batch_size=batch_size, progress=progress)
         preds = cache.predict(model, np.arange(len(table)), dev, amp, batch_size=batch_size)
     else:
         preds = predict_indices(model, D.IQADataset(store), np.arange(len(table)), dev, amp, batch_size=batch_size,
-                                num_workers=num_workers, tta=tta, crop=model.cfg.img_size, crop_grid=crops or 1)
+                                num_workers=num_workers, tta=tta, crop=model.cfg.img_size,
+                                crop_grid=int(view["crop_grid"]))
     return pd.DataFrame({"img_name": table["img_name"], "mos": np.clip(preds * scale, 0.0, scale)})
 
 

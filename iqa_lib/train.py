@@ -32,7 +32,7 @@ from . import data as D
 from .checkpoint import (KIT_FORMAT, CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text,
                          check_writable, remove_stale_temp_files, safe_torch_load)
 from .config import Config, RunFiles, flatten, loss_terms
-from .crops import random_crops, whole_image_view
+from .crops import grid_size, random_crops, whole_image_view
 from .features import FeatureCache, views as feature_views
 from .folds import folds_for_table, recorded_split, split_fingerprint, stale_message, write_folds
 from .infer import autocast_dtype, input_view, model_config, pick_device, predict_indices
@@ -312,8 +312,8 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
     # Frozen backbone + feature cache: the ViT's outputs computed once, then an epoch runs the head only.
     cache = None
     if tp.freeze_backbone and tp.feature_cache:
-        crops = view["crop_grid"] if view["load_size"] > mcfg.img_size else 0  # a fixed set: the grid's crops
-        cache = FeatureCache.build(model, store, feature_views(tp.flip, crops), cfg.outputs.features, device=device,
+        views = feature_views(tp.flip, grid_size(view, mcfg.img_size))  # a fixed set: the grid's crops
+        cache = FeatureCache.build(model, store, views, cfg.outputs.features, device=device,
                                    amp_dtype=amp_dtype, batch_size=tp.val_batch_size, progress=progress)
     scheduler = CosineAnnealingWarmupRestarts(optimizer, **cfg.schedule.model_dump())
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
