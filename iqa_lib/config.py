@@ -200,6 +200,7 @@ class TrainParams(Section):
     max_steps: Optional[Count]
     patience: Count
     precision: Precision
+    cpu_bf16: bool
     compile: bool
     flip: Flip
     num_workers: Annotated[Int, Field(ge=0)]
@@ -214,6 +215,7 @@ class TrainParams(Section):
     loss: LossText  # "mse" or a weighted sum of LOSSES: "0.5*mse+0.5*rank" (iqa_lib/losses.py)
     ema_decay: Optional[Annotated[float, BeforeValidator(_not_bool), Field(gt=0, lt=1)]]
     freeze_backbone: bool
+    freeze_blocks: Annotated[Int, Field(ge=0)]
     feature_cache: bool
     logger: LoggerList  # "none" or a comma list of LOGGERS' trackers (iqa_lib.trackers)
 

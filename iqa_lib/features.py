@@ -66,11 +66,12 @@ def _flipped(x: torch.Tensor, view: str) -> torch.Tensor:
     return x if view == "none" else x.flip(-2 if view == "vertical" else -1)
 
 
-def _key(model: MANIQA, paths: list[str], view_names: tuple[str, ...]) -> str:
+def _key(model: MANIQA, paths: list[str], view_names: tuple[str, ...], amp_dtype: torch.dtype | None) -> str:
     c = model.cfg
     h = hashlib.sha256(json.dumps({
         "format": FORMAT, "backbone": c.backbone, "img_size": c.img_size, "blocks": list(c.feature_blocks),
         "mean": list(c.mean), "std": list(c.std), "vit_kwargs": c.vit_kwargs, "views": list(view_names),
+        "amp": str(amp_dtype),
     }, sort_keys=True, default=str).encode())
     for name, t in model.vit.state_dict().items():
         h.update(name.encode())
@@ -95,7 +96,7 @@ class FeatureCache:
         """Open the cache of `store`'s images (in its order), computing it first if needed."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        key = _key(model, store.paths, view_names)
+        key = _key(model, store.paths, view_names, amp_dtype)
         path = folder / f"{key}.npy"
         shape = (len(store), len(view_names), len(model.cfg.feature_blocks) * model.cfg.embed_dim, model.cfg.grid**2)
         with FileLock(folder / f"{key}.lock"):  # DDP ranks, parallel folds: the first one builds it

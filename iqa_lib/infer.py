@@ -10,6 +10,7 @@ Training (`iqa_lib.train`) validates with `predict_indices`; nothing here import
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -70,13 +71,22 @@ def pick_device(name: str = "auto", rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None means plain fp32. bf16/fp16 autocast only on CUDA: on CPUs it is usually slower."""
+def autocast_dtype(precision: str, device: torch.device, cpu_bf16: bool = False) -> torch.dtype | None:
+    """None means plain fp32. On CUDA bf16/fp16 autocast; on a CPU only with `cpu_bf16`
+    (train.cpu_bf16), and then bf16: fast where the CPU has bf16 instructions, slow elsewhere."""
     if precision not in PRECISIONS:
         raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if device.type != "cuda" or precision == "fp32":
+    if precision == "fp32" or (device.type != "cuda" and not cpu_bf16):
         return None
-    return torch.bfloat16 if precision == "bf16" else torch.float16
+    if device.type != "cuda" and not cpu_has_bf16():
+        warnings.warn("train.cpu_bf16 is on but this CPU has no bf16 instructions (AVX512-BF16 or AMX): bf16 is "
+                      "emulated and slower than fp32 here. Set train.cpu_bf16: false.", stacklevel=2)
+    return torch.bfloat16 if precision == "bf16" or device.type != "cuda" else torch.float16
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16: AMD Zen 4+; AMX: Intel Sapphire Rapids+)."""
+    return any(getattr(torch.cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 @torch.no_grad()

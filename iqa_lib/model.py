@@ -250,12 +250,18 @@ class MANIQA(nn.Module):
         x = self.swintransformer2(self.conv2(x.unflatten(2, (g, g))), fused)
         return x.flatten(2).transpose(1, 2)  # (B, N, D/2) tokens
 
-    def freeze_backbone(self) -> "MANIQA":
-        """Train the head only: the ViT gets no gradients and stays in eval mode (see `train`)."""
-        self.backbone_frozen = True
+    def freeze_backbone(self, blocks: int | None = None) -> "MANIQA":
+        """Train the head only: the ViT gets no gradients and stays in eval mode (see `train`).
+
+        `blocks=N` freezes only the ViT's embeddings and its first N blocks: the blocks after them
+        are fine-tuned with the head, and backpropagation stops at block N."""
+        tuned = set() if blocks is None else {id(p) for b in self.vit.blocks[blocks:] for p in b.parameters()}
         for p in self.vit.parameters():
-            p.requires_grad_(False)
-        self.vit.eval()
+            if id(p) not in tuned:
+                p.requires_grad_(False)
+        self.backbone_frozen = blocks is None
+        if self.backbone_frozen:
+            self.vit.eval()
         return self
 
     def train(self, mode: bool = True) -> "MANIQA":

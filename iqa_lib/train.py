@@ -248,7 +248,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
     run_dir, name = files.dir, files.name
     is_main = rank == 0
     device = pick_device(tp.device, rank)
-    amp_dtype = autocast_dtype(tp.precision, device)
+    amp_dtype = autocast_dtype(tp.precision, device, tp.cpu_bf16)
     set_deterministic(tp.deterministic)
     seed = cfg.seed
     seed_everything(seed + rank)
@@ -297,8 +297,8 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
     if state is not None:
         model.load_state_dict(state["model"])
     model.to(device)
-    if tp.freeze_backbone:
-        model.freeze_backbone()
+    if tp.freeze_backbone or tp.freeze_blocks:
+        model.freeze_backbone(None if tp.freeze_backbone else tp.freeze_blocks)
     optimizer = torch.optim.Adam(
         param_groups(model, cfg.optim.backbone_lr_scale), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
         fused=True,  # one kernel for all parameters, on CUDA and CPU alike

@@ -107,9 +107,10 @@ def test_demo_and_cpu_profiles_override_the_recipe():
         assert cpu.model.img_size == res and cpu.model.load_size == 2 * res and cpu.model.crop_grid == 2
         assert cpu.model.pretrained is True and cpu.model.backbone == "vit_small_patch14_dinov2"
         assert cpu.model.weights_file == str((REPO / "../shared/weights/vit_small_patch14_dinov2.safetensors").resolve())
-        frozen = res != 112  # 112 px fine-tunes the ViT at a tenth of the head's rate; 168 / 224 train the head only
-        assert cpu.train.freeze_backbone is cpu.train.feature_cache is frozen and cpu.out_dir == str(REPO / "outputs" / "clive")
-        assert cpu.optim.backbone_lr_scale == (1.0 if frozen else 0.1)
+        # Every size fine-tunes the whole ViT at a tenth of the head's rate, in bf16 on the CPU.
+        assert not cpu.train.freeze_backbone and cpu.train.freeze_blocks == 0 and cpu.train.cpu_bf16
+        assert cpu.optim.backbone_lr_scale == 0.1 and cpu.out_dir == str(REPO / "outputs" / "clive")
+        assert cpu.train.epochs * 26 == cpu.schedule.first_cycle_steps  # one cycle over the run (26 steps an epoch)
         assert model_config(cpu).grid == res // 14
 
 

@@ -171,6 +171,23 @@ def test_a_frozen_run_trains_only_the_head_and_its_checkpoint_predicts_as_valida
     assert_checkpoint_predicts_its_oof(cfg, exposure_data)
 
 
+def test_freeze_blocks_fine_tunes_only_the_vit_blocks_after_them(exposure_data, tmp_path):
+    cfg = tiny_params(exposure_data, tmp_path, **{"train.freeze_blocks": 7, "train.epochs": 1})
+    assert fit(cfg, progress=False).status == "completed"
+    saved = safe_torch_load(cfg.run.checkpoint)["model"]
+    seed_everything(cfg.seed)  # as the trainer does before building the model: the same random ViT
+    init = MANIQA(model_config(cfg), pretrained=False).state_dict()
+    block = lambda k: int(k.split(".")[2]) if k.startswith("vit.blocks.") else None
+    fixed = [k for k in init if k.startswith(("vit.patch_embed.", "vit.pos_embed", "vit.cls_token"))
+             or (block(k) is not None and block(k) < 7)]
+    tuned = [k for k in init if block(k) in (7, 8, 9)]  # the blocks after 7 that feed the head (6-9)
+    assert len(fixed) > 10 and all(torch.equal(saved[k], init[k]) for k in fixed)
+    assert tuned and all(not torch.equal(saved[k], init[k]) for k in tuned if k.endswith(".weight"))
+    assert not torch.equal(saved["conv1.weight"], init["conv1.weight"])
+    with pytest.raises(ConfigError, match="train.freeze_blocks"):
+        tiny_params(exposure_data, tmp_path, **{"train.freeze_blocks": -1})
+
+
 def test_freezing_keeps_the_backbone_and_trains_the_head(exposure_data, tmp_path):
     torch.manual_seed(0)
     cfg = tiny_params(exposure_data, tmp_path, **{"train.freeze_backbone": True, "train.feature_cache": False,

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from iqa_lib.checkpoint import CheckpointError, safe_torch_load
-from iqa_lib.infer import load_model, predict
+from iqa_lib import infer
+from iqa_lib.infer import autocast_dtype, load_model, predict
 from iqa_lib.config import load_config
 from iqa_lib.infer import model_config
 from iqa_lib.train import DivergenceError, EpochBatches, fit
@@ -94,6 +95,24 @@ def test_resume_after_sigkill_matches_uninterrupted_run(exposure_data, tmp_path)
     # no temp file was left under a final name, and the final checkpoint loads
     assert not list(resumed.run_dir.glob("*.tmp"))
     load_model(resumed.checkpoint)
+
+
+def test_cpu_bf16_trains_under_bf16_autocast_on_a_cpu(exposure_data, tmp_path, monkeypatch):
+    cpu = torch.device("cpu")
+    assert autocast_dtype("bf16", cpu) is None and autocast_dtype("fp32", cpu, cpu_bf16=True) is None
+    monkeypatch.setattr(infer, "cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="Set train.cpu_bf16: false"):
+        assert autocast_dtype("bf16", cpu, cpu_bf16=True) is torch.bfloat16
+    monkeypatch.setattr(infer, "cpu_has_bf16", lambda: True)
+    assert autocast_dtype("fp16", cpu, cpu_bf16=True) is torch.bfloat16  # a CPU autocasts to bf16 only
+    preds = {}
+    for flag in (False, True):
+        cfg = tiny_params(exposure_data, tmp_path / str(flag), **{"train.cpu_bf16": flag, "train.epochs": 1})
+        assert fit(cfg, progress=False).status == "completed"
+        preds[flag] = pd.read_csv(cfg.run.oof)["pred"].to_numpy()
+    # The same run in bf16: other rounding, so other scores, close to the fp32 ones.
+    assert not np.array_equal(preds[False], preds[True])
+    assert np.corrcoef(preds[False], preds[True])[0, 1] > 0.9
 
 
 def test_epoch_batches_skip_and_shard():
