@@ -210,6 +210,8 @@ def test_the_cache_of_crops_scores_as_the_crop_grid_at_inference(store, small14_
     model = MANIQA(small14_config(56), pretrained=True, weights_file=small14_file[0]).freeze_backbone()
     large = D.ImageStore.open(store.paths, 112)  # stored at 112: a 2 x 2 grid of 56 px crops covers it
     names = F.views("horizontal", crop_grid=2)
+    # Features computed under bf16 autocast are another cache than fp32 ones.
+    assert F._key(model, store.paths, names, None) != F._key(model, store.paths, names, torch.bfloat16)
     assert names == ("crop0", "crop0+horizontal", "crop1", "crop1+horizontal", "crop2", "crop2+horizontal",
                      "crop3", "crop3+horizontal")
     cache = F.FeatureCache.build(model, large, names, tmp_path, device=torch.device("cpu"), progress=False)
