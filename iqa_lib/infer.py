@@ -76,12 +76,16 @@ def autocast_dtype(precision: str, device: torch.device, cpu_bf16: bool = False)
     (train.cpu_bf16), and then bf16: fast where the CPU has bf16 instructions, slow elsewhere."""
     if precision not in PRECISIONS:
         raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "fp32" or (device.type != "cuda" and not cpu_bf16):
+    if precision == "fp32":
         return None
-    if device.type != "cuda" and not cpu_has_bf16():
+    if device.type == "cuda":
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    if not cpu_bf16:
+        return None
+    if not cpu_has_bf16():
         warnings.warn("train.cpu_bf16 is on but this CPU has no bf16 instructions (AVX512-BF16 or AMX): bf16 is "
                       "emulated and slower than fp32 here. Set train.cpu_bf16: false.", stacklevel=2)
-    return torch.bfloat16 if precision == "bf16" or device.type != "cuda" else torch.float16
+    return torch.bfloat16
 
 
 def cpu_has_bf16() -> bool:
