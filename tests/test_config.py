@@ -104,7 +104,7 @@ def test_demo_and_cpu_profiles_override_the_recipe():
         assert cfg.out_dir == str(REPO / "outputs" / "demo")
     for res in CPU_RES:
         cpu = load_config("cpu", res, 0)
-        assert cpu.model.img_size == res and cpu.model.load_size == 2 * res and cpu.model.crop_grid == 2
+        assert cpu.model.img_size == res and cpu.model.load_size == 2 * res and cpu.model.crop_grid == 3
         assert cpu.model.pretrained is True and cpu.model.backbone == "vit_small_patch14_dinov2"
         assert cpu.model.weights_file == str((REPO / "../shared/weights/vit_small_patch14_dinov2.safetensors").resolve())
         # Every size fine-tunes the whole ViT at a tenth of the head's rate, in bf16 on the CPU.
