@@ -158,8 +158,8 @@ def predict(
 
     `tta=True` averages the image with its vertical and horizontal flips. A checkpoint trained
     on crops (`model.load_size`) is scored over its grid of crops (iqa_lib.crops). On a CPU it
-    runs in fp32 unless `cpu_bf16` (pass the run's train.cpu_bf16, as its validation did). `expect` (the
-    config the caller means to use) makes a checkpoint of another model fail clearly.
+    runs in fp32 unless `cpu_bf16` (pass the run's train.cpu_bf16, as its validation did).
+    `expect` (the config the caller means to use) makes a checkpoint of another model fail clearly.
     `features_dir` (for runs trained on a frozen backbone, without `tta`): the backbone's features
     of these images are stored there once (iqa_lib.features, keyed by the backbone's weights), so
     the folds of one input size share them and each run then costs its head only.

@@ -1,4 +1,4 @@
-"""Helpers shared by the engine tests (test_train, test_faults, test_crops)."""
+"""Helpers shared by the engine tests (test_train, test_faults, test_crops, test_frozen)."""
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +9,18 @@ from PIL import Image
 from iqa_lib.config import load_config
 
 TIMING = ["train_seconds", "train_images_per_s"]
+
+
+def checkpoint_vs_oof(cfg, data_dir: Path, **predict_kwargs) -> pd.DataFrame:
+    """The run's oof.csv (`pred`) beside what `predict` with its checkpoint gives the same
+    validation images (`mos_y`), one row per image in oof.csv's order."""
+    from iqa_lib.infer import predict  # loads torch: only for the tests that use it
+
+    oof = pd.read_csv(cfg.run.oof, dtype={"img_name": str})
+    val = oof[["img_name"]].assign(img_path=[f"./train/{n}.jpg" for n in oof.img_name])
+    val.to_csv(data_dir / "val_only.csv", index=False)
+    pred = predict(cfg.run.checkpoint, data_dir, "val_only.csv", device="cpu", progress=False, **predict_kwargs)
+    return oof.merge(pred, on="img_name")
 
 
 def make_exposure_data(root: Path, n_train=100, n_test=12, seed=0) -> Path:

@@ -18,7 +18,7 @@ from iqa_lib.infer import load_model, model_config, predict, predict_indices
 from iqa_lib.model import MANIQA, MANIQAConfig, describe_backbone
 from iqa_lib.train import fit, param_groups, seed_everything
 
-from conftest import metrics_of, tiny_params
+from conftest import checkpoint_vs_oof, metrics_of, tiny_params
 
 SHARED_VIT = Path(__file__).resolve().parents[2] / "shared" / "weights" / "vit_small_patch14_dinov2.safetensors"
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -147,11 +147,7 @@ def test_the_cache_refuses_a_disk_too_small_with_the_figure(store, monkeypatch, 
 
 def assert_checkpoint_predicts_its_oof(cfg, data_dir):
     """`predict` with the run's checkpoint on its validation images gives oof.csv's scores."""
-    oof = pd.read_csv(cfg.run.oof, dtype={"img_name": str})
-    val = oof[["img_name"]].assign(img_path=[f"./train/{n}.jpg" for n in oof.img_name])
-    val.to_csv(data_dir / "val_only.csv", index=False)
-    pred = predict(cfg.run.checkpoint, data_dir, "val_only.csv", device="cpu", progress=False)
-    both = oof.merge(pred, on="img_name")
+    both = checkpoint_vs_oof(cfg, data_dir)
     assert np.allclose(both["pred"], both["mos_y"], atol=0.02), (both["pred"] - both["mos_y"]).abs().max()
 
 

@@ -18,7 +18,7 @@ from iqa_lib.infer import autocast_dtype, load_model, predict
 from iqa_lib.config import load_config
 from iqa_lib.infer import model_config
 from iqa_lib.train import DivergenceError, EpochBatches, fit
-from conftest import make_exposure_data, metrics_of, tiny_params
+from conftest import checkpoint_vs_oof, make_exposure_data, metrics_of, tiny_params
 
 # -- learning ------------------------------------------------------------------------------
 def test_learns_a_learnable_signal(exposure_data, tmp_path):
@@ -109,18 +109,15 @@ def test_cpu_bf16_trains_under_bf16_autocast_on_a_cpu(exposure_data, tmp_path, m
     for flag in (False, True):
         cfg = tiny_params(exposure_data, tmp_path / str(flag), **{"train.cpu_bf16": flag, "train.epochs": 1})
         assert fit(cfg, progress=False).status == "completed"
-        oof = pd.read_csv(cfg.run.oof, dtype={"img_name": str})
-        preds[flag], names = oof["pred"].to_numpy(), oof["img_name"]
+        preds[flag] = pd.read_csv(cfg.run.oof)["pred"].to_numpy()
         losses[flag] = pd.read_csv(cfg.run.metrics)["train_loss"].iloc[0]
     # The same run in bf16: other rounding in training (its loss) and validation, close to fp32's.
     assert losses[False] != losses[True] and not np.array_equal(preds[False], preds[True])
     assert np.corrcoef(preds[False], preds[True])[0, 1] > 0.9
     # Inference follows the run's cpu_bf16: predict gives the bf16 run's oof.csv, fp32 other digits.
-    val = pd.DataFrame({"img_name": names, "img_path": [f"./train/{n}.jpg" for n in names]})
-    val.to_csv(exposure_data / "val_only.csv", index=False)
     for bf16 in (True, False):
-        pred = predict(cfg.run.checkpoint, exposure_data, "val_only.csv", device="cpu", cpu_bf16=bf16, progress=False)
-        gap = np.abs(pred["mos"].to_numpy() - preds[True])
+        both = checkpoint_vs_oof(cfg, exposure_data, cpu_bf16=bf16)
+        gap = np.abs(both["mos_y"] - both["pred"]).to_numpy()
         assert (gap.max() < 1e-3) if bf16 else (gap.max() > 1e-3), (bf16, gap.max())
 
 
