@@ -207,10 +207,12 @@ class TrainParams(Section):
     cache: bool
     deterministic: bool
     val_batch_size: Count
+    val_every: Count
     grad_accum: Count
     device: Device
     devices: Count
     save_every_steps: Optional[Count]
+    keep_last: bool
     check_images: CheckImages
     loss: LossText  # "mse" or a weighted sum of LOSSES: "0.5*mse+0.5*rank" (iqa_lib/losses.py)
     ema_decay: Optional[Annotated[float, BeforeValidator(_not_bool), Field(gt=0, lt=1)]]

@@ -5,8 +5,9 @@
   {res}_fold{k}.ckpt   best weights (a kit checkpoint, see checkpoint.py)
   last.pt              everything needed to resume: model, optimiser, scheduler, scaler,
                        epoch, step, position in the epoch, RNG states, history, config
-  metrics.csv          one row per epoch
-  oof.csv              out-of-fold predictions of the best epoch (img_name, mos, pred)
+                       (deleted once the run completes when train.keep_last is false)
+  metrics.csv          one row per epoch (validation columns on the epochs validated: train.val_every)
+  oof.csv              out-of-fold predictions of the best validated epoch (img_name, mos, pred)
   manifest.json        config, git commit, versions, device, times, status, best metrics
 
 With `train.logger` the run is also logged to TensorBoard, W&B or MLflow (iqa_lib/trackers.py).
@@ -368,7 +369,6 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
         }, last_path)
 
     stop_reason = None
-    patience_left = patience - _epochs_since_best(history, best)
     trackers = open_trackers(cfg, rank, step=step, loss_base=partial, started=manifest.get("started"))
     try:
         while epoch < epochs and stop_reason is None:
@@ -436,46 +436,43 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
             _check_finite(loss_sum, name, epoch, step)
             train_loss = _mean_across_ranks(loss_sum, loss_n, world)
             train_seconds = time.perf_counter() - t0
-
-            # -- validation (every rank predicts its share; all get every prediction) --------
-            if cache is not None:
-                preds = cache.predict(eval_model, val_idx, device, amp_dtype, batch_size=tp.val_batch_size)
-            else:
-                preds = predict_indices(eval_model, dataset, val_idx, device, amp_dtype,
-                                        batch_size=tp.val_batch_size, num_workers=tp.num_workers, rank=rank,
-                                        world=world, crop=mcfg.img_size, crop_grid=view["crop_grid"])
-            truth = folds["mos"].to_numpy(np.float64)[val_idx]
-            if is_main and not np.any(preds):
-                scale_free = "mse" not in (n for _, n in loss_terms(tp.loss))  # plcc, nin, rank ignore the level
-                print(f"{name}: WARNING every validation prediction is 0: the score head's final ReLU is dead "
-                      + (f"(train.loss {tp.loss!r} ignores the scores' level, so nothing keeps them above 0: add an "
-                         f"mse term, e.g. \"{tp.loss}+0.1*mse\")." if scale_free else
-                         "(it can happen at random init). Try another seed or a wider model.head_hidden."))
-            metrics = all_metrics(preds * mos_scale, truth)
-            val_loss = float(np.mean((preds - truth / mos_scale) ** 2))
-            row = {"epoch": epoch, "step": step, "train_loss": train_loss, "val_loss": val_loss, **metrics,
-                   "lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds,
-                   "train_images_per_s": seen / max(train_seconds, 1e-9)}
-            history.append(row)
+            row = {"epoch": epoch, "step": step, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
+                   "train_seconds": train_seconds, "train_images_per_s": seen / max(train_seconds, 1e-9)}
+            validate = (epoch + 1) % tp.val_every == 0 or epoch + 1 == epochs or stop_reason is not None
+            improved = False
+            if validate:  # every rank predicts its share; all get every prediction
+                if cache is not None:
+                    preds = cache.predict(eval_model, val_idx, device, amp_dtype, batch_size=tp.val_batch_size)
+                else:
+                    preds = predict_indices(eval_model, dataset, val_idx, device, amp_dtype,
+                                            batch_size=tp.val_batch_size, num_workers=tp.num_workers, rank=rank,
+                                            world=world, crop=mcfg.img_size, crop_grid=view["crop_grid"])
+                truth = folds["mos"].to_numpy(np.float64)[val_idx]
+                if is_main and not np.any(preds):
+                    scale_free = "mse" not in (n for _, n in loss_terms(tp.loss))  # plcc, nin, rank ignore the level
+                    print(f"{name}: WARNING every validation prediction is 0: the score head's final ReLU is dead "
+                          + (f"(train.loss {tp.loss!r} ignores the scores' level, so nothing keeps them above 0: add "
+                             f"an mse term, e.g. \"{tp.loss}+0.1*mse\")." if scale_free else
+                             "(it can happen at random init). Try another seed or a wider model.head_hidden."))
+                metrics = all_metrics(preds * mos_scale, truth)
+                row.update(val_loss=float(np.mean((preds - truth / mos_scale) ** 2)), **metrics)
+                improved = metrics[VAL_METRIC] > best[VAL_METRIC]
+                if improved:
+                    best = {"epoch": epoch, **metrics, "val_loss": row["val_loss"]}
+                    if is_main:
+                        save_best(eval_model, mcfg, cfg, epoch, metrics)
+                        oof = folds.iloc[val_idx][["img_name", "mos"]].assign(pred=np.clip(preds * mos_scale, 0, mos_scale))
+                        atomic_write_text(files.oof, oof.to_csv(index=False))
+            history.append(row)  # an epoch not validated (train.val_every) has no validation columns
             trackers.log_epoch(row)
-            improved = metrics[VAL_METRIC] > best[VAL_METRIC]
-            if improved:
-                best = {"epoch": epoch, **metrics, "val_loss": val_loss}
-                patience_left = patience
-                if is_main:
-                    save_best(eval_model, mcfg, cfg, epoch, metrics)
-                    oof = folds.iloc[val_idx][["img_name", "mos"]].assign(pred=np.clip(preds * mos_scale, 0, mos_scale))
-                    atomic_write_text(files.oof, oof.to_csv(index=False))
-            else:
-                patience_left -= 1
             if is_main:
                 atomic_write_text(files.metrics, pd.DataFrame(history).to_csv(index=False))
-                mark = " *" if improved else ""
-                print(f"{name} epoch {epoch:3d} step {step:6d} loss {train_loss:.4f} val_loss {val_loss:.4f} "
-                      f"PLCC {metrics['plcc']:.4f} SRCC {metrics['srcc']:.4f} score {metrics['score']:.4f} "
-                      f"({row['train_images_per_s']:.1f} img/s){mark}", flush=True)
+                scores = (f" val_loss {row['val_loss']:.4f} PLCC {row['plcc']:.4f} SRCC {row['srcc']:.4f} "
+                          f"score {row['score']:.4f}" if validate else "")
+                print(f"{name} epoch {epoch:3d} step {step:6d} loss {train_loss:.4f}{scores} "
+                      f"({row['train_images_per_s']:.1f} img/s){' *' if improved else ''}", flush=True)
             epoch, start_batch = epoch + 1, 0
-            if patience_left <= 0 and stop_reason is None:
+            if validate and _epochs_since_best(history, best) >= patience and stop_reason is None:
                 stop_reason = "early_stopping"
             save_last(epoch, 0)
         stop_reason = stop_reason or "max_epochs"
@@ -494,6 +491,8 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                         steps=step, best_epoch=best["epoch"], best={k: v for k, v in best.items() if k != "epoch"})
         manifest.pop("error", None)
         atomic_write_json(manifest_path, manifest)
+        if not tp.keep_last:  # the manifest says completed first: a run is never left without both
+            last_path.unlink(missing_ok=True)
     trackers.finish(best)
 
 

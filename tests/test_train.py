@@ -56,6 +56,39 @@ def test_deterministic_runs_are_bit_identical(exposure_data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_val_every_validates_every_nth_epoch_and_the_last(exposure_data, tmp_path):
+    every = fit(tiny_params(exposure_data, tmp_path / "every", **{"train.epochs": 5}), progress=False)
+    params = tiny_params(exposure_data, tmp_path / "sparse", **{"train.epochs": 5, "train.val_every": 2,
+                                                                "train.keep_last": False})
+    sparse = fit(params, progress=False)
+    assert (every.run_dir / "last.pt").is_file() and not (sparse.run_dir / "last.pt").exists()  # keep_last
+    assert fit(params, progress=False).best_epoch == sparse.best_epoch  # still completed: not trained again
+    a, b = metrics_of(every.run_dir), metrics_of(sparse.run_dir)
+    assert b["srcc"].notna().tolist() == [False, True, False, True, True]  # epochs 1, 3 and the last, 4
+    pd.testing.assert_frame_equal(a[["epoch", "step", "train_loss", "lr"]], b[["epoch", "step", "train_loss", "lr"]],
+                                  check_exact=True)  # validating less changes nothing in training
+    pd.testing.assert_frame_equal(a.loc[[1, 3, 4], ["plcc", "srcc", "val_loss"]], b.loc[[1, 3, 4], ["plcc", "srcc", "val_loss"]],
+                                  check_exact=True)
+    best = int(b.loc[b["plcc"] + b["srcc"] == (b["plcc"] + b["srcc"]).max(), "epoch"].iloc[0])
+    assert sparse.best_epoch == best and best in (1, 3, 4)
+    assert json.loads((sparse.run_dir / "manifest.json").read_text())["best_epoch"] == best
+
+
+def test_early_stopping_counts_epochs_since_the_best_at_validations(exposure_data, tmp_path, monkeypatch):
+    from iqa_lib import train as T
+    scores = iter([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])  # every validation after the first is worse
+    monkeypatch.setattr(T, "all_metrics", lambda pred, truth: dict.fromkeys(
+        ("plcc", "srcc", "score"), (s := next(scores))) | {"plcc_srcc": 2 * s})
+    ov = {"train.epochs": 8, "train.patience": 2}
+    each = fit(tiny_params(exposure_data, tmp_path / "each", **ov), progress=False)
+    assert (len(each.history), each.best_epoch) == (3, 0)  # best at 0; epochs 1 and 2 worse: stop
+    scores = iter([0.9, 0.8, 0.7, 0.6])
+    sparse = fit(tiny_params(exposure_data, tmp_path / "sparse", **ov, **{"train.val_every": 2}), progress=False)
+    assert (len(sparse.history), sparse.best_epoch) == (4, 1)  # validated at 1 (best) and 3: two epochs on
+    for r in (each, sparse):
+        assert json.loads((r.run_dir / "manifest.json").read_text())["stop_reason"] == "early_stopping"
+
+
 # -- resume after a real kill ------------------------------------------------------------------
 FIT_SCRIPT = """
 import json, sys
