@@ -156,17 +156,19 @@ def plot_learning_curves(metrics: pd.DataFrame | str | os.PathLike, *, best_epoc
                          title: str = "") -> Figure:
     """Train/validation loss and validation PLCC/SRCC per epoch, from a run's metrics.csv.
 
-    The best epoch (highest PLCC + SRCC, the checkpoint kept) is marked on both panels.
+    The best epoch (highest PLCC + SRCC, the checkpoint kept) is marked on both panels. Epochs not
+    validated (`train.val_every`) have only a train loss.
     """
     m = _as_frame(metrics)
-    if best_epoch is None and len(m):
-        best_epoch = int(m.loc[(m["plcc"] + m["srcc"]).idxmax(), "epoch"])
+    v = m.dropna(subset=["val_loss"]) if "val_loss" in m else m.iloc[:0].reindex(columns=["epoch", "val_loss", "plcc", "srcc"])
+    if best_epoch is None and len(v):
+        best_epoch = int(v.loc[(v["plcc"] + v["srcc"]).idxmax(), "epoch"])
     fig, (loss, corr) = _figure(1, 2, (11, 4))
     loss.plot(m["epoch"], m["train_loss"], "o-", label="train loss")
-    loss.plot(m["epoch"], m["val_loss"], "o-", label="validation loss")
+    loss.plot(v["epoch"], v["val_loss"], "o-", label="validation loss")
     loss.set(xlabel="epoch", ylabel="MSE (on MOS / mos_scale)", title="loss")
     for col in ("plcc", "srcc"):
-        corr.plot(m["epoch"], m[col], "o-", label=f"validation {col.upper()}")
+        corr.plot(v["epoch"], v[col], "o-", label=f"validation {col.upper()}")
     corr.set(xlabel="epoch", ylabel="correlation", title="validation correlation")
     for ax in (loss, corr):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -193,7 +193,7 @@ def fit(cfg: Config, *, progress: bool = True, force: bool = False) -> RunResult
 # Keys that may change between the run and a later call without changing what was trained.
 _RUNTIME_KEYS = ("data_dir", "out_dir", "profile", "model.weights_file", "train.device", "train.devices",
                  "train.num_workers", "train.cache", "train.check_images", "train.val_batch_size", "train.compile",
-                 "train.save_every_steps", "train.logger", "infer.")
+                 "train.save_every_steps", "train.keep_last", "train.logger", "infer.")
 
 
 def _check_same_recipe(run_dir: Path, cfg: Config) -> None:
@@ -368,7 +368,9 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
             "model_config": mcfg.to_dict(), "input": view, "config": cfg.to_dict(), "split": split,
         }, last_path)
 
-    stop_reason = None
+    # (a run killed after deciding to stop early, before its manifest said so, stops at once on resume)
+    stop_reason = ("early_stopping" if history and VAL_METRIC in history[-1]
+                   and _epochs_since_best(history, best) >= patience else None)
     trackers = open_trackers(cfg, rank, step=step, loss_base=partial, started=manifest.get("started"))
     try:
         while epoch < epochs and stop_reason is None:
@@ -436,8 +438,9 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
             _check_finite(loss_sum, name, epoch, step)
             train_loss = _mean_across_ranks(loss_sum, loss_n, world)
             train_seconds = time.perf_counter() - t0
-            row = {"epoch": epoch, "step": step, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
-                   "train_seconds": train_seconds, "train_images_per_s": seen / max(train_seconds, 1e-9)}
+            row = {"epoch": epoch, "step": step, "train_loss": train_loss}
+            timing = {"lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds,
+                      "train_images_per_s": seen / max(train_seconds, 1e-9)}
             validate = (epoch + 1) % tp.val_every == 0 or epoch + 1 == epochs or stop_reason is not None
             improved = False
             if validate:  # every rank predicts its share; all get every prediction
@@ -463,6 +466,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                         save_best(eval_model, mcfg, cfg, epoch, metrics)
                         oof = folds.iloc[val_idx][["img_name", "mos"]].assign(pred=np.clip(preds * mos_scale, 0, mos_scale))
                         atomic_write_text(files.oof, oof.to_csv(index=False))
+            row.update(timing)
             history.append(row)  # an epoch not validated (train.val_every) has no validation columns
             trackers.log_epoch(row)
             if is_main:
@@ -491,7 +495,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                         steps=step, best_epoch=best["epoch"], best={k: v for k, v in best.items() if k != "epoch"})
         manifest.pop("error", None)
         atomic_write_json(manifest_path, manifest)
-        if not tp.keep_last:  # the manifest says completed first: a run is never left without both
+        if not tp.keep_last and files.checkpoint.is_file():  # after the manifest says completed
             last_path.unlink(missing_ok=True)
     trackers.finish(best)
 

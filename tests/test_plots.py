@@ -86,6 +86,21 @@ def test_learning_curves(tmp_path):
         assert tuple(m[col]) in drawn, f"{col} is not drawn"
 
 
+def test_learning_curves_of_a_run_validated_every_other_epoch(tmp_path):
+    nan = float("nan")  # train.val_every: 2 leaves the validation columns of epochs 0 and 2 empty
+    m = pd.DataFrame({"epoch": [0, 1, 2, 3], "step": [5, 10, 15, 20], "train_loss": [0.1, 0.05, 0.04, 0.03],
+                      "val_loss": [nan, 0.06, nan, 0.07], "plcc": [nan, 0.5, nan, 0.3], "srcc": [nan, 0.45, nan, 0.4]})
+    fig = _saves(plots.plot_learning_curves(m), tmp_path)
+    drawn = {(tuple(line.get_xdata()), tuple(np.round(line.get_ydata(), 6))) for ax in fig.axes for line in _lines(ax)}
+    assert ((0, 1, 2, 3), (0.1, 0.05, 0.04, 0.03)) in drawn
+    for col in ("val_loss", "plcc", "srcc"):
+        assert ((1, 3), tuple(m[col].dropna())) in drawn, f"{col}: not drawn at the validated epochs alone"
+    assert ((1, 1), (0, 1)) in {(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in fig.axes[1].get_lines()}
+    # before its first validation a run's metrics.csv has no validation columns: the train loss alone
+    early = plots.plot_learning_curves(m[["epoch", "step", "train_loss"]].iloc[:1])
+    assert [tuple(line.get_ydata()) for line in _lines(early.axes[0])][0] == (0.1,)
+
+
 SCHEDULE = {"first_cycle_steps": 20, "cycle_mult": 1.0, "max_lr": 1e-4, "min_lr": 1e-6,
             "warmup_steps": 5, "gamma": 0.9}
 

@@ -62,7 +62,9 @@ def test_val_every_validates_every_nth_epoch_and_the_last(exposure_data, tmp_pat
                                                                 "train.keep_last": False})
     sparse = fit(params, progress=False)
     assert (every.run_dir / "last.pt").is_file() and not (sparse.run_dir / "last.pt").exists()  # keep_last
-    assert fit(params, progress=False).best_epoch == sparse.best_epoch  # still completed: not trained again
+    ended = json.loads((sparse.run_dir / "manifest.json").read_text())["ended"]
+    assert fit(params, progress=False).status == "completed"  # still completed without last.pt: not trained again
+    assert json.loads((sparse.run_dir / "manifest.json").read_text())["ended"] == ended
     a, b = metrics_of(every.run_dir), metrics_of(sparse.run_dir)
     assert b["srcc"].notna().tolist() == [False, True, False, True, True]  # epochs 1, 3 and the last, 4
     pd.testing.assert_frame_equal(a[["epoch", "step", "train_loss", "lr"]], b[["epoch", "step", "train_loss", "lr"]],
@@ -82,10 +84,18 @@ def test_early_stopping_counts_epochs_since_the_best_at_validations(exposure_dat
     ov = {"train.epochs": 8, "train.patience": 2}
     each = fit(tiny_params(exposure_data, tmp_path / "each", **ov), progress=False)
     assert (len(each.history), each.best_epoch) == (3, 0)  # best at 0; epochs 1 and 2 worse: stop
+    manifest = each.run_dir / "manifest.json"  # as if killed after last.pt, before the manifest said completed
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "status": "running"}))
+    resumed = fit(tiny_params(exposure_data, tmp_path / "each", **ov), progress=False)
+    assert (resumed.status, len(resumed.history)) == ("completed", 3)  # stops at once, no epoch more
     scores = iter([0.9, 0.8, 0.7, 0.6])
     sparse = fit(tiny_params(exposure_data, tmp_path / "sparse", **ov, **{"train.val_every": 2}), progress=False)
     assert (len(sparse.history), sparse.best_epoch) == (4, 1)  # validated at 1 (best) and 3: two epochs on
-    for r in (each, sparse):
+    scores = iter([0.9, 0.8])
+    ov["train.patience"] = 1  # checked at validations only: epoch 0 (none yet) does not stop the run
+    once = fit(tiny_params(exposure_data, tmp_path / "once", **ov, **{"train.val_every": 2}), progress=False)
+    assert (len(once.history), once.best_epoch) == (4, 1)
+    for r in (each, sparse, once):
         assert json.loads((r.run_dir / "manifest.json").read_text())["stop_reason"] == "early_stopping"
 
 
