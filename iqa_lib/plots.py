@@ -160,7 +160,9 @@ def plot_learning_curves(metrics: pd.DataFrame | str | os.PathLike, *, best_epoc
     validated (`train.val_every`) have only a train loss.
     """
     m = _as_frame(metrics)
-    v = m.dropna(subset=["val_loss"]) if "val_loss" in m else m.iloc[:0].reindex(columns=["epoch", "val_loss", "plcc", "srcc"])
+    if "val_loss" not in m:  # before a run's first validation
+        m = m.assign(val_loss=np.nan, plcc=np.nan, srcc=np.nan)
+    v = m.dropna(subset=["val_loss"])  # the validated epochs
     if best_epoch is None and len(v):
         best_epoch = int(v.loc[(v["plcc"] + v["srcc"]).idxmax(), "epoch"])
     fig, (loss, corr) = _figure(1, 2, (11, 4))
