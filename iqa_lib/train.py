@@ -369,8 +369,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
         }, last_path)
 
     # (a run killed after deciding to stop early, before its manifest said so, stops at once on resume)
-    stop_reason = ("early_stopping" if history and VAL_METRIC in history[-1]
-                   and _epochs_since_best(history, best) >= patience else None)
+    stop_reason = "early_stopping" if _patience_spent(history, best, patience) else None
     trackers = open_trackers(cfg, rank, step=step, loss_base=partial, started=manifest.get("started"))
     try:
         while epoch < epochs and stop_reason is None:
@@ -476,7 +475,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                 print(f"{name} epoch {epoch:3d} step {step:6d} loss {train_loss:.4f}{scores} "
                       f"({row['train_images_per_s']:.1f} img/s){' *' if improved else ''}", flush=True)
             epoch, start_batch = epoch + 1, 0
-            if validate and _epochs_since_best(history, best) >= patience and stop_reason is None:
+            if stop_reason is None and _patience_spent(history, best, patience):
                 stop_reason = "early_stopping"
             save_last(epoch, 0)
         stop_reason = stop_reason or "max_epochs"
@@ -536,10 +535,13 @@ def _mean_across_ranks(loss_sum: torch.Tensor, n: int, world: int) -> float:
     return (t[0] / t[1].clamp(min=1)).item()
 
 
-def _epochs_since_best(history: list, best: dict) -> int:
-    if not history or best["epoch"] is None:
-        return len(history)
-    return history[-1]["epoch"] - best["epoch"]
+def _patience_spent(history: list, best: dict, patience: int) -> bool:
+    """Early stopping: the last epoch was validated (train.val_every) and came `patience` or more
+    epochs after the best (or after the start, with no best yet)."""
+    if not history or VAL_METRIC not in history[-1]:
+        return False
+    since = len(history) if best["epoch"] is None else history[-1]["epoch"] - best["epoch"]
+    return since >= patience
 
 
 def save_best(model, mcfg: MANIQAConfig, cfg: Config, epoch: int, metrics: dict) -> None:
