@@ -148,7 +148,7 @@ def predict(
     tta: bool = False,
     device: str = "auto",
     precision: str = "bf16",
-    cpu_bf16: bool = False,
+    cpu_bf16: bool | None = None,
     cache_dir: str | Path | None = None,
     features_dir: str | Path | None = None,
     num_workers: int = 0,
@@ -158,7 +158,8 @@ def predict(
 
     `tta=True` averages the image with its vertical and horizontal flips. A checkpoint trained
     on crops (`model.load_size`) is scored over its grid of crops (iqa_lib.crops). On a CPU it
-    runs in fp32 unless `cpu_bf16` (pass the run's train.cpu_bf16, as its validation did).
+    runs in bf16 autocast where the checkpoint's run validated so (its train.cpu_bf16, recorded in
+    the checkpoint; checkpoints without the record: fp32), unless `cpu_bf16` says otherwise.
     `expect` (the config the caller means to use) makes a checkpoint of another model fail clearly.
     `features_dir` (for runs trained on a frozen backbone, without `tta`): the backbone's features
     of these images are stored there once (iqa_lib.features, keyed by the backbone's weights), so
@@ -174,7 +175,7 @@ def predict(
     view = ckpt.get("input") or whole_image_view(model.cfg.img_size)
     store = D.ImageStore.open(table["path"].tolist(), int(view["load_size"]), cache_dir=cache_dir,
                               num_workers=num_workers, progress=progress)
-    amp = autocast_dtype(precision, dev, cpu_bf16)
+    amp = autocast_dtype(precision, dev, ckpt.get("cpu_bf16", False) if cpu_bf16 is None else cpu_bf16)
     if features_dir is not None and not tta:
         cache = FeatureCache.build(model, store, views("none", grid_size(view, model.cfg.img_size)), Path(features_dir),
                                    device=dev, amp_dtype=amp, batch_size=batch_size, progress=progress)

@@ -219,7 +219,6 @@ def score_images(
     failed: dict[int, str] = {}
     decoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # load size -> (file indices, images)
     dev = pick_device(device)
-    amp = autocast_dtype(precision, dev)
     scale = None
     for j, ck in enumerate(checkpoints):
         if len(failed) == len(files):
@@ -242,6 +241,7 @@ def score_images(
             decoded[size] = (idx, images)
         idx, images = decoded[size]
         model.to(dev)
+        amp = autocast_dtype(precision, dev, ckpt.get("cpu_bf16", False))  # on a CPU: as the run validated
         p = predict_indices(model, D.IQADataset(images), np.arange(len(idx)), dev, amp, batch_size=batch_size,
                             tta=tta, crop=model.cfg.img_size, crop_grid=grid)
         preds[idx, j] = np.clip(p * run_scale, 0.0, run_scale)
@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="average each view with its two flips (3x slower)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="default: %(default)s (a GPU when one is visible)")
     p.add_argument("--precision", default="bf16", choices=PRECISIONS,
-                   help="autocast on GPUs (default: %(default)s; fp32 on CPUs always)")
+                   help="autocast on GPUs (default: %(default)s); on a CPU, bf16 only for checkpoints of cpu_bf16 runs")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     return p

@@ -549,6 +549,7 @@ def save_best(model, mcfg: MANIQAConfig, cfg: Config, epoch: int, metrics: dict)
         "format": KIT_FORMAT, "model": model.state_dict(), "model_config": mcfg.to_dict(), "input": input_view(cfg),
         "res": cfg.res, "fold": cfg.fold, "mos_scale": cfg.mos_scale,
         "epoch": epoch, "metrics": metrics, "flip": cfg.train.flip,
+        "cpu_bf16": cfg.train.cpu_bf16,  # how its validation ran on a CPU: predict / score follow it
     }, cfg.run.checkpoint)
 
 

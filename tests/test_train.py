@@ -17,6 +17,7 @@ from iqa_lib import infer
 from iqa_lib.infer import autocast_dtype, load_model, predict
 from iqa_lib.config import load_config
 from iqa_lib.infer import model_config
+from iqa_lib.score import score_images
 from iqa_lib.train import DivergenceError, EpochBatches, fit
 from conftest import checkpoint_vs_oof, make_exposure_data, metrics_of, tiny_params
 
@@ -157,11 +158,17 @@ def test_cpu_bf16_trains_under_bf16_autocast_on_a_cpu(exposure_data, tmp_path, m
     # The same run in bf16: other rounding in training (its loss) and validation, close to fp32's.
     assert losses[False] != losses[True] and not np.array_equal(preds[False], preds[True])
     assert np.corrcoef(preds[False], preds[True])[0, 1] > 0.9
-    # Inference follows the run's cpu_bf16: predict gives the bf16 run's oof.csv, fp32 other digits.
-    for bf16 in (True, False):
+    # Inference follows the run's cpu_bf16, recorded in its checkpoint: predict (unless told otherwise)
+    # and score_images give the bf16 run's oof.csv; fp32 gives other digits.
+    assert safe_torch_load(cfg.run.checkpoint)["cpu_bf16"] is True
+    for bf16 in (None, True, False):
         both = checkpoint_vs_oof(cfg, exposure_data, cpu_bf16=bf16)
         gap = np.abs(both["mos_y"] - both["pred"]).to_numpy()
-        assert (gap.max() < 1e-3) if bf16 else (gap.max() > 1e-3), (bf16, gap.max())
+        assert (gap.max() > 1e-3) if bf16 is False else (gap.max() < 1e-3), (bf16, gap.max())
+    scored = score_images([exposure_data / "train" / f"{n}.jpg" for n in both.img_name], cfg.run.checkpoint,
+                          device="cpu").scores
+    by_name = dict(zip(scored["path"].map(lambda f: Path(f).stem), scored["mos"]))
+    assert len(by_name) == len(both) and max(abs(by_name[n] - p) for n, p in zip(both.img_name, both.pred)) < 1e-3
 
 
 def test_epoch_batches_skip_and_shard():
