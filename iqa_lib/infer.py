@@ -130,6 +130,7 @@ def predict_indices(model, dataset, indices, device, amp_dtype, batch_size=32, n
 def load_model(checkpoint: str | Path, expect: MANIQAConfig | None = None) -> tuple[MANIQA, dict]:
     """The model a kit checkpoint holds (no download: every weight comes from the file)."""
     ckpt = load_model_checkpoint(checkpoint, expect=expect.to_dict() if expect else None)
+    ckpt.setdefault("cpu_bf16", False)  # written before checkpoints recorded it: fp32 on a CPU
     model = MANIQA(MANIQAConfig.from_dict(ckpt["model_config"]), pretrained=False)
     try:
         model.load_state_dict(ckpt["model"], strict=True)
@@ -175,7 +176,7 @@ def predict(
     view = ckpt.get("input") or whole_image_view(model.cfg.img_size)
     store = D.ImageStore.open(table["path"].tolist(), int(view["load_size"]), cache_dir=cache_dir,
                               num_workers=num_workers, progress=progress)
-    amp = autocast_dtype(precision, dev, ckpt.get("cpu_bf16", False) if cpu_bf16 is None else cpu_bf16)
+    amp = autocast_dtype(precision, dev, ckpt["cpu_bf16"] if cpu_bf16 is None else cpu_bf16)
     if features_dir is not None and not tta:
         cache = FeatureCache.build(model, store, views("none", grid_size(view, model.cfg.img_size)), Path(features_dir),
                                    device=dev, amp_dtype=amp, batch_size=batch_size, progress=progress)

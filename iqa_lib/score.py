@@ -241,7 +241,7 @@ def score_images(
             decoded[size] = (idx, images)
         idx, images = decoded[size]
         model.to(dev)
-        amp = autocast_dtype(precision, dev, ckpt.get("cpu_bf16", False))  # on a CPU: as the run validated
+        amp = autocast_dtype(precision, dev, ckpt["cpu_bf16"])  # on a CPU: as the run validated
         p = predict_indices(model, D.IQADataset(images), np.arange(len(idx)), dev, amp, batch_size=batch_size,
                             tta=tta, crop=model.cfg.img_size, crop_grid=grid)
         preds[idx, j] = np.clip(p * run_scale, 0.0, run_scale)
