@@ -346,6 +346,15 @@ def resolve_path(p: str | os.PathLike) -> Path:
     return Path(os.path.normpath(path if path.is_absolute() else repo_root() / path))
 
 
+def repo_relative(path: str | os.PathLike) -> str:
+    """`path` relative to the repository root when inside it (shorter in messages, and the same on a Ray
+    node whose checkout lies elsewhere), else as given."""
+    try:
+        return str(Path(path).relative_to(repo_root()))
+    except ValueError:
+        return str(path)
+
+
 def params_dir(path: str | os.PathLike | None = None) -> Path:
     """The YAML folder: `path`, else $IQA_PARAMS_DIR, else the repository's params/."""
     source = "params_dir" if path is not None else (f"${PARAMS_ENV}" if os.environ.get(PARAMS_ENV) else None)

@@ -130,8 +130,10 @@ def predict_indices(model, dataset, indices, device, amp_dtype, batch_size=32, n
 def load_model(checkpoint: str | Path, expect: MANIQAConfig | None = None) -> tuple[MANIQA, dict]:
     """The model a kit checkpoint holds (no download: every weight comes from the file)."""
     ckpt = load_model_checkpoint(checkpoint, expect=expect.to_dict() if expect else None)
-    ckpt.setdefault("cpu_bf16", False)  # written before checkpoints recorded it: fp32 on a CPU
+    # Defaults for checkpoints written before these records: fp32 on a CPU, whole images.
+    ckpt.setdefault("cpu_bf16", False)
     model = MANIQA(MANIQAConfig.from_dict(ckpt["model_config"]), pretrained=False)
+    ckpt["input"] = ckpt.get("input") or whole_image_view(model.cfg.img_size)
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as e:
@@ -172,8 +174,7 @@ def predict(
     scale = float(ckpt["mos_scale"])
     table = D.load_table(data_dir, csv_name, labelled=False, check_images="open")
     table = table.drop_duplicates("img_name").reset_index(drop=True)
-    # Checkpoints trained on crops say how they saw images; older ones saw them whole.
-    view = ckpt.get("input") or whole_image_view(model.cfg.img_size)
+    view = ckpt["input"]  # how the run saw images: stored size and crop grid
     store = D.ImageStore.open(table["path"].tolist(), int(view["load_size"]), cache_dir=cache_dir,
                               num_workers=num_workers, progress=progress)
     amp = autocast_dtype(precision, dev, ckpt["cpu_bf16"] if cpu_bf16 is None else cpu_bf16)

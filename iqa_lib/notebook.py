@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 from pydantic import TypeAdapter, ValidationError
 
-from .config import SHORTCUTS, Config, ConfigError, flatten, load_config, repo_root, run_name
+from .config import (SHORTCUTS, Config, ConfigError, flatten, load_config, repo_relative, repo_root,
+                     run_name)
 
 DEMO_PROFILE = "demo"
 # Good values to show in error messages, by parameter name; otherwise by type.
@@ -120,22 +121,15 @@ def run_config(profile: str, res: int | None = None, fold: int = 0, **parameters
         msg = (f"data_dir '{data_dir}' {'is a file, not a folder' if data_dir.exists() else 'does not exist'} "
                f"(from {source}; relative paths are taken from the repository root {repo_root()}). ")
         if cfg.profile == DEMO_PROFILE:
-            msg += (f"The demo data has not been made yet: run `python -m iqa_lib.datasets.demo {_short(data_dir)}` "
+            msg += (f"The demo data has not been made yet: run `python -m iqa_lib.datasets.demo {repo_relative(data_dir)}` "
                     f"from the repository root (or `make demo`), then rerun this notebook.")
         else:
             msg += ("Point data_dir at the folder holding train.csv, test.csv, train/ and test/ (e.g. `-p data_dir data`), "
-                    f"convert a public data set into it with `python -m iqa_lib.datasets.prepare NAME SRC {_short(data_dir)} "
+                    f"convert a public data set into it with `python -m iqa_lib.datasets.prepare NAME SRC {repo_relative(data_dir)} "
                     "--holdout 0.2` (see README), or try the kit on synthetic data with `-p profile demo` after "
                     "`python -m iqa_lib.datasets.demo data/demo`.")
         raise ParameterError(msg)
     return cfg
-
-
-def _short(path: Path) -> str:
-    try:
-        return str(path.relative_to(repo_root()))
-    except ValueError:
-        return str(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,7 +139,7 @@ def train_command(cfg: Config, res: int, fold: int) -> str:
     """The papermill command that trains one run, writing its notebook into the run's folder."""
     notebook = cfg.outputs.run(res, fold).notebook
     extra = f" -p profile {cfg.profile}" if cfg.profile != "team" else ""
-    return f"papermill notebooks/03_train.ipynb {_short(notebook)} -p res {res} -p fold {fold}{extra} -k python3"
+    return f"papermill notebooks/03_train.ipynb {repo_relative(notebook)} -p res {res} -p fold {fold}{extra} -k python3"
 
 
 def parse_runs(runs: str, resolutions: Sequence[int], n_folds: int) -> list[tuple[int, int]] | None:
@@ -192,7 +186,7 @@ def prediction_files(cfg: Config, resolutions: Sequence[int], runs: str = "all")
     out = cfg.outputs
     extra = f" -p profile {cfg.profile}" if cfg.profile != "team" else ""
     how = (f"predict the test set with notebooks/04_infer.ipynb, e.g. `papermill notebooks/04_infer.ipynb "
-           f"{_short(out.notebooks / '04_infer.ipynb')}{extra} -k python3`")
+           f"{repo_relative(out.notebooks / '04_infer.ipynb')}{extra} -k python3`")
     if runs.strip() != "all":
         files = [out.prediction(run_name(*rf)) for rf in parse_runs(runs, resolutions, cfg.n_folds)]
         missing = [f.name for f in files if not f.is_file()]

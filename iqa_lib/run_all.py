@@ -47,7 +47,7 @@ import yaml
 from .lock import LockHeldError, hold
 from .trackers import require as require_trackers
 from .config import (DEFAULT_PROFILE, SHORTCUTS, ConfigError, RunFiles, load_config, profile_resolutions,
-                     repo_root, resolve_path, run_name)
+                     repo_relative, repo_root, resolve_path, run_name)
 
 EDA, FOLDS, TRAIN, INFER, ENSEMBLE = "01_eda", "02_folds", "03_train", "04_infer", "05_ensemble"
 SET_BY_RUNNER = {"res": "--res", "fold": "--folds", "profile": "--profile",
@@ -139,14 +139,6 @@ def check_train_params(extra: dict, notebook: Path) -> None:
                               f"Its parameters: {', '.join(declared)}.")
 
 
-def portable(path: Path) -> str:
-    """`path` relative to the repository root when inside it: a Ray node may keep its checkout elsewhere."""
-    try:
-        return str(path.relative_to(repo_root()))
-    except ValueError:
-        return str(path)
-
-
 def plan_grid(profile=DEFAULT_PROFILE, res=None, folds=None, data_dir=None, out_dir=None,
               extra_params=None, skip_eda=False, notebooks_dir=None):
     """(the profile's configuration, the grid's steps), every argument checked; nothing runs."""
@@ -168,8 +160,8 @@ def plan_grid(profile=DEFAULT_PROFILE, res=None, folds=None, data_dir=None, out_
     whole = len(runs) == len(profile_resolutions(profile)) * base.n_folds
     runs_param = "all" if whole else ",".join(run_name(r, k) for r, k in runs)
     outputs = base.outputs
-    common = {"profile": base.profile, "data_dir": portable(Path(base.data_dir)),
-              "out_dir": portable(Path(base.out_dir))}
+    common = {"profile": base.profile, "data_dir": repo_relative(base.data_dir),
+              "out_dir": repo_relative(base.out_dir)}
 
     def notebook_step(stem: str, **params) -> Step:
         return Step(stem, sources[stem], outputs.notebooks / f"{stem}.ipynb", {**common, **params})
@@ -404,7 +396,7 @@ def _execute(steps, cfg, slots, threads, ray, force, echo, title, poll_s) -> Non
         """Run a step and return its exit code: on Ray (trainings, inference) or on a slot here."""
         if ray is not None and (step.run is not None or step.name == INFER):
             task = ray.remote(ray_task).options(num_gpus=ray_gpus, num_cpus=1, max_retries=0, name=f"iqa:{step.name}")
-            ref = task.remote(portable(step.notebook), portable(step.output), step.params)
+            ref = task.remote(repo_relative(step.notebook), repo_relative(step.output), step.params)
             step.status, step.where, step.started = "running", "ray", time.time()  # Ray may queue it first
             try:
                 rc, step.where = ray.get(ref)

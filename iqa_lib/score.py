@@ -33,7 +33,6 @@ from . import data as D
 from .checkpoint import CheckpointError, atomic_write_text
 from .config import (DEFAULT_PROFILE, DEVICES, PRECISIONS, ConfigError, Outputs, load_config, profile_resolutions,
                      resolve_path)
-from .crops import whole_image_view
 from .ensemble import iqr_mean
 from .infer import autocast_dtype, load_model, pick_device, predict_indices
 
@@ -229,7 +228,7 @@ def score_images(
             raise ValueError(f"'{ck}' predicts on a 0-{run_scale:g} MOS scale but '{checkpoints[0]}' on 0-{scale:g}: "
                              f"an ensemble needs checkpoints trained on one scale (one data set)")
         scale = run_scale
-        view = ckpt.get("input") or whole_image_view(model.cfg.img_size)
+        view = ckpt["input"]
         size, grid = int(view["load_size"]), int(view["crop_grid"])
         how = (f"whole images at {size} px" if size == model.cfg.img_size and grid == 1
                else f"{grid}x{grid} crops of {model.cfg.img_size} px from {size} px")

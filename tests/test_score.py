@@ -138,6 +138,15 @@ def test_each_checkpoint_is_applied_as_infer_predict_applies_it(photos, ckpts, w
     np.testing.assert_allclose(got["mos"].to_numpy(), want, rtol=0, atol=1e-6)
 
 
+def test_load_model_gives_checkpoints_without_the_records_their_old_meaning(ckpts):
+    """Written before checkpoints recorded how the run saw images and ran on a CPU: whole images at
+    the model's side, fp32. Recorded values are kept as they are."""
+    _, old = load_model(ckpts["old"])
+    assert old["input"] == {"load_size": 64, "crop_grid": 1} and old["cpu_bf16"] is False
+    _, crops = load_model(ckpts["crops"])
+    assert crops["input"] == {"load_size": 96, "crop_grid": 2}
+
+
 # --------------------------------------------------------------------------------------------
 # ensembles
 # --------------------------------------------------------------------------------------------
