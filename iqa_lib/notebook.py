@@ -120,12 +120,13 @@ def run_config(profile: str, res: int | None = None, fold: int = 0, **parameters
         source = "the data_dir parameter" if parameters.get("data_dir") else f"profile {cfg.profile!r}"
         msg = (f"data_dir '{data_dir}' {'is a file, not a folder' if data_dir.exists() else 'does not exist'} "
                f"(from {source}; relative paths are taken from the repository root {repo_root()}). ")
+        where = repo_relative(data_dir)
         if cfg.profile == DEMO_PROFILE:
-            msg += (f"The demo data has not been made yet: run `python -m iqa_lib.datasets.demo {repo_relative(data_dir)}` "
+            msg += (f"The demo data has not been made yet: run `python -m iqa_lib.datasets.demo {where}` "
                     f"from the repository root (or `make demo`), then rerun this notebook.")
         else:
             msg += ("Point data_dir at the folder holding train.csv, test.csv, train/ and test/ (e.g. `-p data_dir data`), "
-                    f"convert a public data set into it with `python -m iqa_lib.datasets.prepare NAME SRC {repo_relative(data_dir)} "
+                    f"convert a public data set into it with `python -m iqa_lib.datasets.prepare NAME SRC {where} "
                     "--holdout 0.2` (see README), or try the kit on synthetic data with `-p profile demo` after "
                     "`python -m iqa_lib.datasets.demo data/demo`.")
         raise ParameterError(msg)
