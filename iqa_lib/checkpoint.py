@@ -104,23 +104,18 @@ def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint") -> dict:
         raise CheckpointError(f"{what} '{path}' is empty (0 bytes): a write was interrupted; delete it and rerun.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch's safe unpickler says "GLOBAL" when a file asks to import something; other
-        # refusals (e.g. "Unsupported operand") mean the bytes are not a pickle at all.
-        if "global" not in str(e).lower():
-            detail = next((ln.strip() for ln in str(e).splitlines() if ln.strip().startswith("Unsupported")), "")
+    except Exception as e:  # a torn zip, legacy-pickle garbage (KeyError), text, ...: "unreadable"
+        # torch's safe unpickler says "GLOBAL" when a file asks to import something; its other
+        # refusals ("Unsupported operand ...") mean the bytes are not a pickle at all.
+        if isinstance(e, pickle.UnpicklingError) and "global" in str(e).lower():
             raise CheckpointError(
-                f"{what} '{path}' is not a readable PyTorch file ({detail[:200] or type(e).__name__}). "
-                f"It may be truncated or not a checkpoint at all."
+                f"{what} '{path}' contains Python objects that would run code when loaded, so it was not "
+                f"loaded ({type(e).__name__}). Kit checkpoints hold only tensors and plain values; if you trust "
+                f"the file, re-save its state_dict with `torch.save(model.state_dict(), path)`."
             ) from e
+        detail = next((ln.strip()[:200] for ln in str(e).splitlines() if ln.strip().startswith("Unsupported")), "")
         raise CheckpointError(
-            f"{what} '{path}' contains Python objects that would run code when loaded, so it was not "
-            f"loaded ({type(e).__name__}). Kit checkpoints hold only tensors and plain values; if you trust "
-            f"the file, re-save its state_dict with `torch.save(model.state_dict(), path)`."
-        ) from e
-    except Exception as e:  # torn zip, legacy-pickle garbage (KeyError), text, ...: all "unreadable"
-        raise CheckpointError(
-            f"{what} '{path}' is not a readable PyTorch file ({type(e).__name__}: {_first_sentence(e)}). "
+            f"{what} '{path}' is not a readable PyTorch file ({type(e).__name__}: {detail or _first_sentence(e)}). "
             f"It may be truncated (an interrupted copy or write) or not a checkpoint at all."
         ) from e
     if not isinstance(obj, dict):

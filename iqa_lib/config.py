@@ -76,7 +76,6 @@ def _path_text(value: Any) -> Any:
 
 Int = Annotated[int, BeforeValidator(_not_bool)]
 Count = Annotated[int, BeforeValidator(_not_bool), Field(gt=0)]
-Float = Annotated[float, BeforeValidator(_not_bool)]
 Rate = Annotated[float, BeforeValidator(_not_bool), Field(ge=0)]
 PathText = Annotated[str, BeforeValidator(_path_text)]
 
@@ -284,6 +283,22 @@ def run_name(res: int, fold: int) -> str:
     return f"{res}_fold{fold}"
 
 
+def parse_run_name(name: Any) -> tuple[int, int]:
+    """'448_fold2' -> (448, 2), else a ValueError saying the form."""
+    res, sep, fold = str(name).partition("_fold")
+    if not (sep and res.isdigit() and fold.isdigit()):
+        raise ValueError(f"{name!r} is not of the form '{{res}}_fold{{k}}' (e.g. '448_fold1')")
+    return int(res), int(fold)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content; None when it is missing or unreadable (a run killed mid-write)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 class RunFiles:
     """The files of one run, `{out_dir}/runs/{res}_fold{k}/`."""
 
@@ -300,6 +315,16 @@ class RunFiles:
 
     def __repr__(self) -> str:
         return f"RunFiles({self.dir})"
+
+    def read_manifest(self) -> dict:
+        """manifest.json's content ({} when there is none, or none readable)."""
+        m = read_json(self.manifest)
+        return m if isinstance(m, dict) else {}
+
+    @property
+    def completed(self) -> bool:
+        """Marked completed, with its checkpoint in place (`train.completed_result` also loads it)."""
+        return self.read_manifest().get("status") == "completed" and self.checkpoint.is_file()
 
 
 class Outputs:

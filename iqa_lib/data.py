@@ -38,13 +38,10 @@ import difflib
 import hashlib
 import json
 import math
-import multiprocessing as mp
 import numbers
 import os
 import shutil
-import time
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
@@ -56,13 +53,12 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write_text, check_writable
-from .config import CHECK_MODES, FLIPS
+from .config import CHECK_MODES, FLIPS, read_json
 
 MAX_LISTED = 20  # problems listed per kind in a DataError; the rest are counted
 PIXELS_ENV = "IQA_MAX_IMAGE_PIXELS"  # Pillow's decompression-bomb limit: a pixel count, or 0 for none
 BACKENDS = ("pil", "cv2")
 CACHE_FORMAT = 1  # bump when the cache's bytes or index change meaning
-_MP_CONTEXT: str | None = None  # multiprocessing start method for cache builds; None = platform default
 
 
 def _pixel_limit_from_env() -> None:
@@ -523,11 +519,11 @@ class ImageStore:
         absolute paths (and the backend): the same images in any order, e.g. sorted by fold,
         share one cache. It holds `images.u8` (raw uint8, N x S x S x 3, rows in sorted path
         order: 54,662 images take 24 GB at 384, 33 GB at 448, 67 GB at 640), `index.json`
-        (the paths and their [size, mtime_ns]) and `complete`, written last.
+        (the paths and their [size, mtime_ns]), written last.
 
         On reuse only the files whose size or mtime changed are decoded again. Adding or
         removing images changes the key, so a new cache is built; delete old folders to
-        reclaim disk. `num_workers` processes decode the build (0: this process). Concurrent
+        reclaim disk. `num_workers` threads decode the build (0: one). Concurrent
         opens of one cache (DDP ranks) wait for each other on a lock file.
         """
         _check_int("size", size, 1, " (the model's input side, e.g. 384)")
@@ -575,10 +571,6 @@ class ImageStore:
         if os.getpid() != self._owner_pid:  # e.g. a spawned DataLoader worker
             Image.MAX_IMAGE_PIXELS = self._max_pixels
 
-    def __repr__(self) -> str:
-        where = f"cache={self.cache_path}" if self.images_file else "decode on access"
-        return f"ImageStore({len(self)} images, size={self.size}, backend={self.backend!r}, {where})"
-
 
 def _cache_key(sorted_paths: list[str], backend: str) -> str:
     """Short hash of the image set and of everything that changes the cached bytes."""
@@ -600,14 +592,13 @@ def _fingerprint(path: str) -> list[int] | None:
 def _build_cache(folder: Path, paths: list[str], size: int, backend: str, num_workers: int, progress: bool) -> None:
     """Make `folder` a complete cache of `paths` (sorted, unique), decoding only what is needed.
 
-    Crash safety: the `complete` flag is removed before any row is written and written
-    last, after the rows are synced and the index replaced atomically; without the flag
-    the whole cache is rebuilt. Rows that failed to decode get a null fingerprint, so the
-    next open retries just those.
+    Crash safety: `index.json` is removed before any row is written and written last (atomically),
+    after the rows are synced; without it the whole cache is rebuilt. Rows that failed to decode
+    get a null fingerprint, so the next open retries just those.
     """
     check_writable(folder, "the image cache folder", "make out_dir writable, pass another out_dir (-p out_dir ...), "
                    "or set train.cache: false to decode the images every epoch instead")
-    images_file, flag = folder / "images.u8", folder / "complete"
+    images_file, index_file = folder / "images.u8", folder / "index.json"
     shape = (len(paths), size, size, 3)
     meta = {"format": CACHE_FORMAT, "size": size, "backend": backend}
     with FileLock(folder / "lock"):  # DDP ranks opening one cache wait for the first to build it
@@ -615,7 +606,7 @@ def _build_cache(folder: Path, paths: list[str], size: int, backend: str, num_wo
         if index is None:
             # A fresh file, renamed into place when done: a process still reading an old
             # cache keeps its (unlinked) file instead of seeing it truncated under it.
-            flag.unlink(missing_ok=True)
+            index_file.unlink(missing_ok=True)
             for stale in folder.glob(".images.*.tmp"):  # left by killed builds (we hold the lock)
                 stale.unlink(missing_ok=True)
             free = shutil.disk_usage(folder).free
@@ -634,7 +625,7 @@ def _build_cache(folder: Path, paths: list[str], size: int, backend: str, num_wo
             todo = [j for j, p in enumerate(paths) if fingerprints[j] is None or _fingerprint(p) != fingerprints[j]]
             if not todo:
                 return
-            flag.unlink(missing_ok=True)
+            index_file.unlink(missing_ok=True)
             target = images_file  # same size: rows are rewritten in place
         desc = f"{'caching' if index is None else 'refreshing'} {len(todo)} images at {size}px"
         try:
@@ -648,8 +639,7 @@ def _build_cache(folder: Path, paths: list[str], size: int, backend: str, num_wo
         with open(target, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(target, images_file)
-        atomic_write_text(folder / "index.json", json.dumps({**meta, "paths": paths, "fingerprints": fingerprints}))
-        atomic_write_text(flag, time.strftime("%Y-%m-%d %H:%M:%S\n"))
+        atomic_write_text(index_file, json.dumps({**meta, "paths": paths, "fingerprints": fingerprints}))
     problems = [problem for _, _, problem in results if problem is not None]
     if problems:
         raise DataError(problems, f"cache {folder}: images that could not be decoded")
@@ -658,11 +648,8 @@ def _build_cache(folder: Path, paths: list[str], size: int, backend: str, num_wo
 def _read_index(folder: Path, paths: list[str], shape: tuple, meta: dict) -> dict | None:
     """The index of a complete cache built for exactly these paths and settings, else None."""
     images_file = folder / "images.u8"
-    if not (folder / "complete").is_file() or not images_file.is_file():
-        return None
-    try:
-        index = json.loads((folder / "index.json").read_text())
-    except (OSError, ValueError):
+    index = read_json(folder / "index.json")
+    if not isinstance(index, dict) or not images_file.is_file():
         return None
     if any(index.get(k) != v for k, v in meta.items()) or index.get("paths") != paths:
         return None
@@ -673,37 +660,25 @@ def _read_index(folder: Path, paths: list[str], shape: tuple, meta: dict) -> dic
 
 def _decode_rows(target: Path, jobs: list[tuple[int, str]], size: int, backend: str, num_workers: int,
                  progress: bool, desc: str) -> list[tuple[int, list | None, Problem | None]]:
-    """Decode `jobs` (row, path) into the cache file `target`, in a pool of `num_workers`
-    processes or in this one; each job's (row, fingerprint, problem) in completion order."""
-    # Spawned workers do not inherit a raised Pillow limit: each job carries it.
-    decode = partial(_decode_into, images_file=str(target), size=size, backend=backend,
-                     max_pixels=Image.MAX_IMAGE_PIXELS)
-    bar = partial(tqdm, total=len(jobs), desc=desc, disable=not progress, unit="img")
-    if num_workers == 0 or len(jobs) < 2:
-        return [decode(job) for job in bar(jobs)]
-    chunk = max(1, min(16, len(jobs) // (num_workers * 8)))
-    with mp.get_context(_MP_CONTEXT).Pool(num_workers) as pool:
-        return list(bar(pool.imap_unordered(decode, jobs, chunksize=chunk)))
+    """Decode `jobs` (row, path) into their rows of the cache file `target`, in `num_workers` threads
+    (Pillow releases the GIL while it decodes and resizes); each job's (row, fingerprint, problem)."""
+    rows = np.memmap(target, dtype=np.uint8, mode="r+").reshape(-1, size, size, 3)
 
+    def decode(job: tuple[int, str]) -> tuple[int, list | None, Problem | None]:
+        row, path = job
+        fingerprint = _fingerprint(path)  # before decoding: a file rewritten meanwhile looks stale next time
+        try:
+            rows[row] = load_resized(path, size, backend=backend)
+        except DataError as e:  # missing, unreadable or too large: reported, and retried next open
+            return row, None, e.problems[0]
+        return row, fingerprint, None
 
-def _decode_into(job: tuple[int, str], images_file: str, size: int, backend: str,
-                 max_pixels: int | None) -> tuple[int, list | None, Problem | None]:
-    """Decode one image into its row of `images_file`; return (row, fingerprint or None, problem or None).
-
-    The fingerprint is taken before decoding, so a file rewritten meanwhile looks stale
-    next time rather than fresh.
-    """
-    row, path = job
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    fingerprint = _fingerprint(path)
+    pool = ThreadPoolExecutor(max(1, num_workers))
     try:
-        image = load_resized(path, size, backend=backend)
-    except DataError as e:  # missing, unreadable or too large: reported, and retried next open
-        return row, None, e.problems[0]
-    with open(images_file, "r+b") as f:
-        f.seek(row * image.nbytes)
-        f.write(image.tobytes())
-    return row, fingerprint, None
+        return list(tqdm(pool.map(decode, jobs), total=len(jobs), desc=desc, disable=not progress, unit="img"))
+    finally:
+        pool.shutdown(cancel_futures=True)  # Ctrl-C: the queued images are dropped, not decoded first
+        rows.flush()
 
 
 # --- torch: dataset, loader, model input -----------------------------------------------------
@@ -751,7 +726,6 @@ def make_loader(
     num_workers: int = 0,
     seed: int = 4420,
     sampler: Any = None,
-    pin_memory: bool | None = None,
 ) -> torch.utils.data.DataLoader:
     """A seeded DataLoader: same seed, same order, and the same seeds in the workers (torch seeds
     each worker's `random`, numpy and torch from the loader's generator).
@@ -759,7 +733,7 @@ def make_loader(
     Batches are `collate`d: (images uint8 (B, S, S, 3), targets float32 (B,), indices (B,)).
     `batch_size=None` means `sampler` yields whole batches (lists of indices) and is used
     as the DataLoader's batch sampler. Workers live as long as this loader (the trainer makes
-    one per epoch, so they start once per epoch); `pin_memory` defaults to whether CUDA is available.
+    one per epoch, so they start once per epoch); memory is pinned when CUDA is available.
     torch checks `batch_size` and `num_workers` (its messages name them).
     """
     if sampler is not None and shuffle:
@@ -773,7 +747,7 @@ def make_loader(
         **batching,
         collate_fn=collate,
         num_workers=num_workers,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        pin_memory=torch.cuda.is_available(),
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=num_workers > 0,
     )
@@ -786,7 +760,6 @@ def to_model_input(
     flip: str = "vertical",
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
-    channels_last: bool = False,
     mean: Sequence[float] = (0.5, 0.5, 0.5),
     std: Sequence[float] = (0.5, 0.5, 0.5),
 ) -> torch.Tensor:
@@ -811,8 +784,7 @@ def to_model_input(
         dim = 1 if flip == "vertical" else 2  # rows / columns of (B, H, W, 3)
         x = torch.where(coin.to(x.device).view(-1, 1, 1, 1), x.flip(dim), x)
     # Reorder while still uint8 (4x fewer bytes to move than after the float conversion).
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = x.permute(0, 3, 1, 2).contiguous(memory_format=fmt)
+    x = x.permute(0, 3, 1, 2).contiguous()
     x = x.float().div_(255.0)
     mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1)

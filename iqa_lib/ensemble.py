@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .checkpoint import atomic_write_text
-from .config import Outputs, run_name
+from .config import Outputs, parse_run_name, read_json, run_name
 from .metrics import all_metrics
 
 PathLike = str | os.PathLike
@@ -202,10 +202,7 @@ def save_submission(outputs: Outputs, img_names_in_test_order: Sequence[str], mo
     """write_submission to outputs.submission, recording which runs it combines. When the
     submission in place combined more runs (or is of unknown make), it is kept first as
     submission.prev.csv: a grid that lost some predictions never silently replaces a fuller one."""
-    try:
-        old = json.loads(outputs.submission_runs.read_text())
-    except (OSError, ValueError):  # no record, or an unreadable one
-        old = None
+    old = read_json(outputs.submission_runs)  # None: no record, or an unreadable one
     if outputs.submission.is_file() and (old is None or len(runs) < len(old)):
         atomic_write_text(outputs.submission_prev, outputs.submission.read_text())
         print(f"kept the previous submission ({len(old) if old else 'an unknown number of'} runs) as "
@@ -260,11 +257,8 @@ def _by_resolution(run_names: Sequence[Any]) -> dict[str, dict[int, Any]]:
     """{res: {fold: run name}} of names like '448_fold1', resolutions ascending ('384', '448'...)."""
     groups: dict[int, dict[int, Any]] = {}
     for name in run_names:
-        res, sep, fold = str(name).partition("_fold")
-        if not (sep and res.isdigit() and fold.isdigit()):
-            raise ValueError(f"run name {name!r} is not of the form '{{res}}_fold{{k}}' (e.g. '448_fold1'): "
-                             "runs are grouped by resolution by their names")
-        groups.setdefault(int(res), {})[int(fold)] = name
+        res, fold = parse_run_name(name)
+        groups.setdefault(res, {})[fold] = name
     return {str(res): groups[res] for res in sorted(groups)}
 
 

@@ -109,6 +109,8 @@ class FeatureCache:
                         f"free. Free some space, or set train.feature_cache: false (the frozen backbone then runs "
                         f"every step), or use fewer model.feature_blocks, a smaller input size, fewer views (a smaller "
                         f"model.crop_grid, train.flip: none).")
+                for stale in folder.glob(f".{key}.*.tmp.npy"):  # left by killed builds (we hold the lock)
+                    stale.unlink(missing_ok=True)
                 cls._compute(model, store, view_names, path, shape, device, amp_dtype, batch_size, progress)
         array = np.load(path, mmap_mode="r")
         if array.shape != shape or array.dtype != DTYPE:

@@ -25,7 +25,6 @@ the result is exactly the plain recipe's.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .checkpoint import atomic_write_text
-from .config import Outputs
+from .config import Outputs, parse_run_name
 
 
 def make_folds(
@@ -177,10 +176,7 @@ def current_split(outputs: Outputs) -> str | None:
 
 def recorded_split(outputs: Outputs, name: str) -> str | None:
     """The split fingerprint a run's manifest records (None: no manifest, or a run from before)."""
-    try:
-        return json.loads(outputs.run(*map(int, name.split("_fold"))).manifest.read_text()).get("split")
-    except (OSError, ValueError):
-        return None
+    return outputs.run(*parse_run_name(name)).read_manifest().get("split")
 
 
 def stale_runs(outputs: Outputs, names: list[str]) -> list[str]:

@@ -19,6 +19,8 @@ from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
+from .config import read_json
+
 
 class LockHeldError(RuntimeError):
     """Another live process holds the lock; the message names it."""
@@ -31,14 +33,6 @@ def _parent_command() -> str | None:
     except OSError:
         return None
     return shlex.join(a.decode(errors="replace") for a in raw.split(b"\0") if a) or None
-
-
-def _holder(info_path: Path) -> dict:
-    """What the lock's holder wrote about itself ({} when nothing readable is there)."""
-    try:
-        return json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 @contextmanager
@@ -55,14 +49,14 @@ def hold(path: str | os.PathLike, what: str, *, command: str | None = None,
     try:
         lock.acquire()
     except Timeout:
-        who = _holder(info_path)
+        who = read_json(info_path) or {}
         raise LockHeldError(
             f"{what} is in use by another process: pid {who.get('pid', '?')} on host {who.get('host', '?')}, "
             f"since {who.get('since', '?')}, command: {who.get('command', '?')}"
             + (f" (started by: {who['parent']})" if who.get("parent") else "")
             + ". Wait for it to end or stop it (its lock goes with it), or use another out_dir.") from None
     try:
-        old = _holder(info_path)
+        old = read_json(info_path) or {}
         if old:  # we got the lock, so its last holder died without cleaning up
             echo(f"taking over the lock of {what} from a process that died (pid {old.get('pid')} on "
                  f"{old.get('host')}, since {old.get('since')}).")

@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 from pydantic import TypeAdapter, ValidationError
 
-from .config import (SHORTCUTS, Config, ConfigError, flatten, load_config, repo_relative, repo_root,
-                     run_name)
+from .config import (SHORTCUTS, Config, ConfigError, flatten, load_config, parse_run_name, repo_relative,
+                     repo_root, run_name)
 
 DEMO_PROFILE = "demo"
 # Good values to show in error messages, by parameter name; otherwise by type.
@@ -149,14 +149,15 @@ def parse_runs(runs: str, resolutions: Sequence[int], n_folds: int) -> list[tupl
         return None
     out = []
     for item in filter(None, (s.strip() for s in runs.split(","))):
-        res_s, sep, fold_s = item.partition("_fold")
-        if not sep or not res_s.isdigit() or not fold_s.isdigit():
+        try:
+            res, fold = parse_run_name(item)
+        except ValueError:
             raise ParameterError(f"runs: {item!r} is not a run name: write 'all' or names like '448_fold1' separated "
-                                 f"by commas (`-p runs 448_fold1,640_fold0`).")
-        if int(res_s) not in resolutions or not 0 <= int(fold_s) < n_folds:
+                                 f"by commas (`-p runs 448_fold1,640_fold0`).") from None
+        if res not in resolutions or not 0 <= fold < n_folds:
             raise ParameterError(f"runs: {item!r} is not a run of this profile: input sizes "
                                  f"{', '.join(map(str, resolutions))}, folds 0..{n_folds - 1}.")
-        out.append((int(res_s), int(fold_s)))
+        out.append((res, fold))
     if not out:
         raise ParameterError("runs is empty: write 'all' or names like '448_fold1,640_fold0'.")
     return out

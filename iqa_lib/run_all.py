@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import difflib
-import json
 import os
 import queue
 import re
@@ -47,7 +46,7 @@ import yaml
 from .lock import LockHeldError, hold
 from .trackers import require as require_trackers
 from .config import (DEFAULT_PROFILE, SHORTCUTS, ConfigError, RunFiles, load_config, profile_resolutions,
-                     repo_relative, repo_root, resolve_path, run_name)
+                     read_json, repo_relative, repo_root, resolve_path, run_name)
 
 EDA, FOLDS, TRAIN, INFER, ENSEMBLE = "01_eda", "02_folds", "03_train", "04_infer", "05_ensemble"
 SET_BY_RUNNER = {"res": "--res", "fold": "--folds", "profile": "--profile",
@@ -253,18 +252,6 @@ def import_ray():
     return ray
 
 
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def completed(run: RunFiles) -> bool:
-    return read_json(run.manifest).get("status") == "completed" and run.checkpoint.is_file()
-
-
 def best_score(run: RunFiles) -> float | None:
     """The best validation PLCC+SRCC in the run's metrics.csv so far."""
     try:
@@ -278,7 +265,7 @@ def best_score(run: RunFiles) -> float | None:
 def up_to_date(step: Step, inputs: list[Path]) -> bool:
     """Whether the executed notebook finished without error, with these parameters, after the
     source notebook and every input last changed (an input missing: not up to date)."""
-    meta = read_json(step.output).get("metadata", {}).get("papermill", {})
+    meta = (read_json(step.output) or {}).get("metadata", {}).get("papermill", {})
     if not meta.get("end_time") or meta.get("exception") or meta.get("parameters") != step.params:
         return False
     made = step.output.stat().st_mtime
@@ -385,7 +372,7 @@ def _execute(steps, cfg, slots, threads, ray, force, echo, title, poll_s) -> Non
         step.ended = time.time()
         if step.run is not None:
             step.best = best_score(step.run)
-        if rc == 0 and step.run is not None and not completed(step.run):
+        if rc == 0 and step.run is not None and not step.run.completed:
             step.status, step.note = "failed", "the notebook ended but the manifest does not say completed"
         elif rc == 0:
             step.status, step.note = "done", ""
@@ -448,7 +435,7 @@ def _execute(steps, cfg, slots, threads, ray, force, echo, title, poll_s) -> Non
                 shutil.rmtree(step.run.dir, ignore_errors=True)
             elif step.name in stale:
                 step.status, step.note = "failed", "trained on another split: --force retrains it, or restore the data"
-            elif completed(step.run):
+            elif step.run.completed:
                 step.status, step.note = "skipped", "completed earlier"
             elif step.run.last.is_file():
                 step.note = "resumes from last.pt"

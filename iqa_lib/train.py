@@ -198,7 +198,7 @@ _RUNTIME_KEYS = ("data_dir", "out_dir", "profile", "model.weights_file", "train.
 
 def _check_same_recipe(run_dir: Path, cfg: Config) -> None:
     """A completed run asked for again with other parameters: fail if it is another model, else warn."""
-    old = (_read_json(RunFiles(run_dir.parent, run_dir.name).manifest) or {}).get("config")
+    old = RunFiles(run_dir.parent, run_dir.name).read_manifest().get("config")
     if not old:
         return
     before, now = flatten(old), flatten(cfg.to_dict())
@@ -343,7 +343,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(run_dir)
-        manifest = (None if fresh else _read_json(manifest_path)) or {"started": now_iso()}
+        manifest = (None if fresh else files.read_manifest()) or {"started": now_iso()}
         manifest.update(
             run=name, status="running", config=cfg.to_dict(), model_config=mcfg.to_dict(),
             environment=environment_info(device), resumed_from_epoch=epoch if state else None,
@@ -553,19 +553,10 @@ def save_best(model, mcfg: MANIQAConfig, cfg: Config, epoch: int, metrics: dict)
     }, cfg.run.checkpoint)
 
 
-def _read_json(path: Path):
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def read_result(run_dir: Path) -> RunResult:
     run_dir = Path(run_dir)
     files = RunFiles(run_dir.parent, run_dir.name)
-    manifest = _read_json(files.manifest) or {}
+    manifest = files.read_manifest()
     metrics_csv = files.metrics
     history = pd.read_csv(metrics_csv) if metrics_csv.is_file() else pd.DataFrame()
     return RunResult(run_dir, manifest.get("status", "missing"), manifest.get("best_epoch"),

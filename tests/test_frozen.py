@@ -116,8 +116,11 @@ def store(tmp_path_factory):
 def test_the_head_on_cached_features_scores_as_the_full_model(store, small14_file, tmp_path):
     torch.manual_seed(1)
     model = MANIQA(small14_config(56), pretrained=True, weights_file=small14_file[0]).freeze_backbone()
+    killed = tmp_path / f".{F._key(model, store.paths, F.views('horizontal'), None)}.999999.tmp.npy"
+    killed.write_bytes(b"partial")  # what a build killed mid-way leaves: cleared by the next one
     cache = F.FeatureCache.build(model, store, F.views("horizontal"), tmp_path, device=torch.device("cpu"),
                                  batch_size=4, progress=False)
+    assert not killed.exists()
     assert cache.array.shape == (6, 2, 4 * 32, 16) and cache.array.dtype == np.float16
     full = predict_indices(model, D.IQADataset(store), np.arange(6), torch.device("cpu"), None)
     cached = cache.predict(model, np.arange(6), torch.device("cpu"))
