@@ -134,7 +134,7 @@ def load_model_checkpoint(path, expect: dict | None = None) -> dict:
         )
     if expect is not None:
         held, want = ckpt["model_config"], expect
-        diffs = [k for k in ("backbone", "img_size", "patch_size", "embed_dim", "head_hidden", "vit_kwargs")
+        diffs = [k for k in ("backbone", "img_size", "patch_size", "embed_dim", "head_dim", "head_hidden", "vit_kwargs")
                  if held.get(k) != want.get(k)]
         if diffs:
             raise CheckpointError(

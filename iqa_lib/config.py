@@ -164,6 +164,7 @@ class ModelParams(Section):
     vit_kwargs: dict[str, Any]
     patch_size: Optional[Count]
     embed_dim: Optional[Count]
+    head_dim: Optional[Count]
     feature_blocks: Annotated[list[Annotated[Int, Field(ge=0)]], Field(min_length=1)]
     num_tab: Annotated[Int, Field(ge=0)]
     dim_mlp: Count

@@ -27,7 +27,7 @@ from .model import MANIQA, MANIQAConfig, describe_backbone
 
 # The model section's keys that are MANIQAConfig fields (the others say how to build or feed it).
 MODEL_KEYS = ("img_size", "backbone", "head_hidden", "head_dropout", "drop_rate", "drop_path_rate", "vit_kwargs",
-              "patch_size", "embed_dim", "feature_blocks", "num_tab", "dim_mlp")
+              "patch_size", "embed_dim", "head_dim", "feature_blocks", "num_tab", "dim_mlp")
 
 
 def model_config(cfg: Config) -> MANIQAConfig:

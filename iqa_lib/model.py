@@ -36,6 +36,7 @@ class MANIQAConfig:
     img_size: int = 384
     patch_size: int = 16
     embed_dim: int = 768  # D, the ViT width
+    head_dim: int | None = None  # width of the Swin stages (the second works at half); None = D (MANIQA's)
     feature_blocks: tuple[int, ...] = (6, 7, 8, 9)
     num_tab: int = 2
     window_size: int = 4
@@ -88,8 +89,10 @@ class MANIQAConfig:
                 f"multiple of patch*window = {step}, e.g. {self.img_size // step * step or step} or "
                 f"{(self.img_size // step + 1) * step}."
             )
-        if self.embed_dim % 2:
-            raise ValueError(f"embed_dim must be even (stage 2 works at embed_dim/2), got {self.embed_dim}")
+        width = self.head_dim or self.embed_dim
+        if width % 2 or any((width // 2) % h for h in self.num_heads):
+            raise ValueError(f"the head width {width} (head_dim, or embed_dim when null) must be even and its half "
+                             f"divisible by every num_heads {self.num_heads} (stage 2 works at half the width)")
 
 
 # The official configuration and the team's three (SPEC §3 table).
@@ -214,18 +217,18 @@ class MANIQA(nn.Module):
             )
         if max(cfg.feature_blocks) >= len(self.vit.blocks):
             raise ValueError(f"feature_blocks {cfg.feature_blocks} need a ViT deeper than {len(self.vit.blocks)} blocks")
-        D, g, n = cfg.embed_dim, cfg.grid, cfg.grid**2
+        D, H, g, n = cfg.embed_dim, cfg.head_dim or cfg.embed_dim, cfg.grid, cfg.grid**2
         swin = dict(resolution=(g, g), depths=cfg.depths, num_heads=cfg.num_heads, ws=cfg.window_size,
                     dim_mlp=cfg.dim_mlp, scale=cfg.scale, drop=cfg.drop_rate, drop_path=cfg.drop_path_rate)
         c_in = D * len(cfg.feature_blocks)
         self.tablock1 = nn.ModuleList(TABlock(n, cfg.drop_rate) for _ in range(cfg.num_tab))
-        self.conv1 = nn.Conv2d(c_in, D, 1)
-        self.swintransformer1 = SwinStage(D, **swin)
+        self.conv1 = nn.Conv2d(c_in, H, 1)
+        self.swintransformer1 = SwinStage(H, **swin)
         self.tablock2 = nn.ModuleList(TABlock(n, cfg.drop_rate) for _ in range(cfg.num_tab))
-        self.conv2 = nn.Conv2d(D, D // 2, 1)
-        self.swintransformer2 = SwinStage(D // 2, **swin)
-        self.fc_score = _score_mlp(D // 2, cfg.head_hidden, cfg.head_dropout, nn.ReLU())
-        self.fc_weight = _score_mlp(D // 2, cfg.head_hidden, cfg.head_dropout, nn.Sigmoid())
+        self.conv2 = nn.Conv2d(H, H // 2, 1)
+        self.swintransformer2 = SwinStage(H // 2, **swin)
+        self.fc_score = _score_mlp(H // 2, cfg.head_hidden, cfg.head_dropout, nn.ReLU())
+        self.fc_weight = _score_mlp(H // 2, cfg.head_hidden, cfg.head_dropout, nn.Sigmoid())
         # Kept for the official state dict, but they never reach the score: freezing them keeps
         # DDP (which insists every trainable weight gets a gradient) and the optimiser off them.
         for p in self.unused_parameters():
@@ -248,7 +251,7 @@ class MANIQA(nn.Module):
         for tab in self.tablock2:
             x = tab(x, fused)
         x = self.swintransformer2(self.conv2(x.unflatten(2, (g, g))), fused)
-        return x.flatten(2).transpose(1, 2)  # (B, N, D/2) tokens
+        return x.flatten(2).transpose(1, 2)  # (B, N, H/2) tokens, H = head_dim or D
 
     def freeze_backbone(self, blocks: int | None = None) -> "MANIQA":
         """Train the head only: the ViT gets no gradients and stays in eval mode (see `train`).

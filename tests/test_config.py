@@ -100,6 +100,7 @@ def test_demo_and_cpu_profiles_override_the_recipe():
         assert cfg.model.pretrained is False and cfg.train.num_workers == 0
         assert cfg.model.img_size == cfg.model.load_size == res  # the profile's sizes are the real inputs
         assert model_config(cfg).embed_dim == cfg.model.vit_kwargs["embed_dim"] == 64
+        assert model_config(cfg).head_dim is None  # the head as wide as the ViT (MANIQA's)
         assert cfg.optim.lr == cfg.schedule.max_lr == 3.0e-4
         assert cfg.out_dir == str(REPO / "outputs" / "demo")
     for res in CPU_RES:
@@ -421,6 +422,9 @@ def test_bad_model_section_is_reported_with_its_run():
     cfg = load_config("demo", 128, 0, {"model.img_size": 80})  # grid 5: not a multiple of the Swin window 4
     with pytest.raises(ConfigError, match=r"profile 'demo', res 128\) do not make a valid MANIQA"):
         model_config(cfg)
+    assert model_config(load_config("demo", 64, 0, {"model.head_dim": 32})).head_dim == 32
+    with pytest.raises(ConfigError, match=r"res 64\) do not make a valid MANIQA: the head width 36"):
+        model_config(load_config("demo", 64, 0, {"model.head_dim": 36}))  # half (18) not divisible by 4 heads
 
 
 @pytest.mark.parametrize(

@@ -178,6 +178,24 @@ def test_fast_path_under_torch_compile():
 
 
 # -- construction errors -------------------------------------------------------------------
+def test_head_dim_sets_the_head_width_apart_from_the_vit_width():
+    torch.manual_seed(0)
+    model = randomise_head(tiny(384, head_dim=16, dim_mlp=16)).eval()
+    assert model.conv1.weight.shape == (16, 4 * 32, 1, 1) and model.conv2.weight.shape == (8, 16, 1, 1)
+    assert model.fc_score[0].in_features == 8 and model.vit.embed_dim == 32
+    x = torch.randn(2, 3, 384, 384)
+    with torch.no_grad():
+        fast, ref = model(x), model.forward_reference(x)
+    assert (fast - ref).abs().max().item() < 1e-5 and (fast - fast.mean()).abs().max().item() > 1e-5
+    assert count_parameters(model) < count_parameters(tiny(384))  # 16 < D = 32 wide
+
+
+@pytest.mark.parametrize("head_dim", [15, 12])  # odd; half (6) not divisible by the 4 heads
+def test_head_dim_the_swin_heads_cannot_split_fails_clearly(head_dim):
+    with pytest.raises(ValueError, match=f"head width {head_dim} .*num_heads"):
+        variant_config(384, head_dim=head_dim).validate()
+
+
 def test_image_size_not_multiple_of_patch_fails_clearly():
     with pytest.raises(ValueError, match="not a multiple of the patch size 16"):
         variant_config(384, img_size=450).validate()
