@@ -60,6 +60,10 @@ class MANIQAConfig:
     def grid(self) -> int:
         return self.img_size // self.patch_size
 
+    @property
+    def head_width(self) -> int:
+        return self.head_dim or self.embed_dim
+
     def to_dict(self) -> dict:
         d = asdict(self)
         for k in self._TUPLES:
@@ -89,7 +93,7 @@ class MANIQAConfig:
                 f"multiple of patch*window = {step}, e.g. {self.img_size // step * step or step} or "
                 f"{(self.img_size // step + 1) * step}."
             )
-        width = self.head_dim or self.embed_dim
+        width = self.head_width
         if width % 2 or any((width // 2) % h for h in self.num_heads):
             raise ValueError(f"the head width {width} (head_dim, or embed_dim when null) must be even and its half "
                              f"divisible by every num_heads {self.num_heads} (stage 2 works at half the width)")
@@ -217,7 +221,7 @@ class MANIQA(nn.Module):
             )
         if max(cfg.feature_blocks) >= len(self.vit.blocks):
             raise ValueError(f"feature_blocks {cfg.feature_blocks} need a ViT deeper than {len(self.vit.blocks)} blocks")
-        D, H, g, n = cfg.embed_dim, cfg.head_dim or cfg.embed_dim, cfg.grid, cfg.grid**2
+        D, H, g, n = cfg.embed_dim, cfg.head_width, cfg.grid, cfg.grid**2
         swin = dict(resolution=(g, g), depths=cfg.depths, num_heads=cfg.num_heads, ws=cfg.window_size,
                     dim_mlp=cfg.dim_mlp, scale=cfg.scale, drop=cfg.drop_rate, drop_path=cfg.drop_path_rate)
         c_in = D * len(cfg.feature_blocks)
@@ -251,7 +255,7 @@ class MANIQA(nn.Module):
         for tab in self.tablock2:
             x = tab(x, fused)
         x = self.swintransformer2(self.conv2(x.unflatten(2, (g, g))), fused)
-        return x.flatten(2).transpose(1, 2)  # (B, N, H/2) tokens, H = head_dim or D
+        return x.flatten(2).transpose(1, 2)  # (B, N, H/2) tokens, H = cfg.head_width
 
     def freeze_backbone(self, blocks: int | None = None) -> "MANIQA":
         """Train the head only: the ViT gets no gradients and stays in eval mode (see `train`).
