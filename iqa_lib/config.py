@@ -53,6 +53,7 @@ SHORTCUTS: dict[str, tuple[str, ...]] = {
     "num_workers": ("train.num_workers",), "lr": ("optim.lr", "schedule.max_lr"),
     "weights_file": ("model.weights_file",), "pretrained": ("model.pretrained",), "logger": ("train.logger",),
     "loss": ("train.loss",), "ema_decay": ("train.ema_decay",), "freeze_backbone": ("train.freeze_backbone",),
+    "seed": ("seed",),
 }
 PATH_KEYS = ("data_dir", "out_dir", "model.weights_file")
 

@@ -52,6 +52,11 @@ class DivergenceError(RuntimeError):
     """The loss became NaN/inf: training stopped before saving anything from it."""
 
 
+class DeadHeadError(RuntimeError):
+    """Every training prediction of an epoch was 0: the score head's final ReLU is dead, so no weight
+    gets a gradient and the run cannot learn; the message says what to change."""
+
+
 class StaleRunError(RuntimeError):
     """A run's files were trained on another split or other data than today's; the message says what to do."""
 
@@ -282,6 +287,12 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                 f"{e} To restart this run from its first epoch, delete {last_path} (or pass force=True; run_all "
                 f"--force). The best checkpoint {files.checkpoint.name} and metrics.csv stay until the new run "
                 f"replaces them.") from e
+    old_seed = (state or {}).get("config", {}).get("seed", cfg.seed)
+    if old_seed != cfg.seed:  # another seed is another run (e.g. after a DeadHeadError): do not resume this one
+        if is_main:
+            print(f"{name}: {last_path.name} was trained with seed {old_seed}, this call asks for {cfg.seed}: "
+                  f"starting over (the old files stay until the new run replaces each of them)")
+        state, fresh = None, True
     if state is not None and state.get("split") not in (None, split):
         raise StaleRunError(stale_message([name], cfg.outputs))
     if state is not None and (state.get("model_config") != mcfg.to_dict()
@@ -395,6 +406,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
             model.train()
             t0, seen = time.perf_counter(), 0
             loss_sum, loss_n = torch.tensor(float(partial[0]), device=device), int(partial[1])
+            alive = torch.zeros((), device=device)  # training predictions above 0 (summed on the device: no sync)
             partial = (0.0, 0)
             bar = tqdm(loader, desc=f"{name} epoch {epoch}", disable=not progress, leave=False,
                        total=len(sampler), dynamic_ncols=True)
@@ -412,6 +424,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                 loss = loss_fn(pred.float(), y)
                 scaler.scale(loss / accum).backward()
                 loss_sum += loss.detach()
+                alive += (pred.detach() > 0).sum()
                 loss_n += 1
                 seen += len(images) * world
                 if (b + 1) % accum == 0 or b + 1 == start_batch + len(sampler):
@@ -435,7 +448,10 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                         break
             bar.close()
             _check_finite(loss_sum, name, epoch, step)
-            train_loss = _mean_across_ranks(loss_sum, loss_n, world)
+            train_loss, n_alive = _across_ranks(loss_sum, loss_n, alive, world)
+            if seen and not n_alive:
+                raise DeadHeadError(f"{name}: every training prediction of epoch {epoch} was 0, so no weight got a "
+                                    f"gradient: the score head's final ReLU is dead {_dead_head_hint(tp.loss)}")
             train_seconds = time.perf_counter() - t0
             row = {"epoch": epoch, "step": step, "train_loss": train_loss}
             timing = {"lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds,
@@ -451,11 +467,8 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                                             world=world, crop=mcfg.img_size, crop_grid=view["crop_grid"])
                 truth = folds["mos"].to_numpy(np.float64)[val_idx]
                 if is_main and not np.any(preds):
-                    scale_free = "mse" not in (n for _, n in loss_terms(tp.loss))  # plcc, nin, rank ignore the level
                     print(f"{name}: WARNING every validation prediction is 0: the score head's final ReLU is dead "
-                          + (f"(train.loss {tp.loss!r} ignores the scores' level, so nothing keeps them above 0: add "
-                             f"an mse term, e.g. \"{tp.loss}+0.1*mse\")." if scale_free else
-                             "(it can happen at random init). Try another seed or a wider model.head_hidden."))
+                          + _dead_head_hint(tp.loss))
                 metrics = all_metrics(preds * mos_scale, truth)
                 row.update(val_loss=float(np.mean((preds - truth / mos_scale) ** 2)), **metrics)
                 improved = metrics[VAL_METRIC] > best[VAL_METRIC]
@@ -528,11 +541,21 @@ def _check_finite(loss_sum: torch.Tensor, name: str, epoch: int, step: int) -> N
         )
 
 
-def _mean_across_ranks(loss_sum: torch.Tensor, n: int, world: int) -> float:
-    t = torch.stack([loss_sum.detach().float(), torch.tensor(float(n), device=loss_sum.device)])
+def _dead_head_hint(loss: str) -> str:
+    if "mse" not in (n for _, n in loss_terms(loss)):  # plcc, nin, rank ignore the scores' level
+        return (f"(train.loss {loss!r} ignores the scores' level, so nothing keeps them above 0): add an mse term, "
+                f"e.g. \"{loss}+0.1*mse\".")
+    return ("(an unlucky initialisation or an early step can leave its input below 0 for every image): train this "
+            "run with another seed (papermill or run_all: -p seed N), a lower learning rate (-p lr) or a wider "
+            "model.head_hidden.")
+
+
+def _across_ranks(loss_sum: torch.Tensor, n: int, alive: torch.Tensor, world: int) -> tuple[float, int]:
+    """(mean training loss, predictions above 0) over every rank's batches of the epoch."""
+    t = torch.stack([loss_sum.detach().float(), torch.tensor(float(n), device=loss_sum.device), alive.float()])
     if world > 1:
         dist.all_reduce(t)
-    return (t[0] / t[1].clamp(min=1)).item()
+    return (t[0] / t[1].clamp(min=1)).item(), int(t[2].item())
 
 
 def _patience_spent(history: list, best: dict, patience: int) -> bool:

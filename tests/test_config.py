@@ -127,6 +127,7 @@ def test_overrides_nested_dotted_and_free_form():
     assert cfg.train.epochs == 4 and cfg.optim.lr == cfg.schedule.max_lr == 2.0e-4 and cfg.train.batch_size == 8
     cfg = load_config("demo", 128, 1, loss="plcc+0.5*rank", ema_decay=0.95, freeze_backbone=True)
     assert (cfg.train.loss, cfg.train.ema_decay, cfg.train.freeze_backbone) == ("plcc+0.5*rank", 0.95, True)
+    assert load_config("demo", 128, 1, seed=7).seed == 7 and load_config("demo", 128, 1, seed=None).seed == 4420
 
 
 def test_dotted_key_inside_free_form_vit_kwargs():

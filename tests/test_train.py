@@ -18,7 +18,7 @@ from iqa_lib.infer import autocast_dtype, load_model, predict
 from iqa_lib.config import load_config
 from iqa_lib.infer import model_config
 from iqa_lib.score import score_images
-from iqa_lib.train import DivergenceError, EpochBatches, fit
+from iqa_lib.train import DeadHeadError, DivergenceError, EpochBatches, fit
 from conftest import checkpoint_vs_oof, make_exposure_data, metrics_of, tiny_params
 
 # -- learning ------------------------------------------------------------------------------
@@ -217,6 +217,50 @@ def test_nan_loss_stops_with_a_clear_message(exposure_data, tmp_path, monkeypatc
     run = tmp_path / "runs" / "64_fold0"
     assert calls["n"] >= 5 and not (run / "64_fold0.ckpt").exists()  # nothing from the diverged epoch was saved
     assert json.loads((run / "manifest.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("loss, fix", [("mse", "another seed.*-p seed N"), ("rank", "add an mse term")])
+def test_a_dead_score_head_stops_the_run_after_one_epoch(exposure_data, tmp_path, monkeypatch, loss, fix):
+    import iqa_lib.train as T
+
+    class DeadHead(T.MANIQA):  # the final ReLU's input below 0 for every image, as an unlucky init can leave it
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            torch.nn.init.zeros_(self.fc_score[-2].weight)
+            torch.nn.init.constant_(self.fc_score[-2].bias, -1.0)
+
+    monkeypatch.setattr(T, "MANIQA", DeadHead)
+    with pytest.raises(DeadHeadError, match=f"every training prediction of epoch 0 was 0.*{fix}"):
+        fit(tiny_params(exposure_data, tmp_path, **{"train.epochs": 3, "train.loss": loss}), progress=False)
+    run = tmp_path / "runs" / "64_fold0"
+    assert json.loads((run / "manifest.json").read_text())["status"] == "failed"
+    assert not (run / "metrics.csv").exists()  # stopped before a second epoch, or a validation, was spent on it
+
+
+def test_another_seed_starts_an_interrupted_run_over(exposure_data, tmp_path, monkeypatch, capsys):
+    import iqa_lib.losses as L
+
+    real = L.LOSS_FNS["mse"]
+    calls = {"n": 0}
+
+    def crashing(pred, y):  # a crash in epoch 1, after epoch 0's last.pt
+        calls["n"] += 1
+        if calls["n"] == 12:
+            raise RuntimeError("crash")
+        return real(pred, y)
+
+    monkeypatch.setitem(L.LOSS_FNS, "mse", crashing)
+    params = tiny_params(exposure_data, tmp_path, **{"train.epochs": 2})
+    with pytest.raises(RuntimeError, match="crash"):
+        fit(params, progress=False)
+    run = tmp_path / "runs" / "64_fold0"
+    assert (run / "last.pt").is_file()
+    capsys.readouterr()
+    fit(params.model_copy(update={"seed": 7}), progress=False)
+    assert "trained with seed 4420, this call asks for 7: starting over" in capsys.readouterr().out
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["resumed_from_epoch"] is None
+    assert manifest["config"]["seed"] == 7 and list(metrics_of(run)["epoch"]) == [0, 1]
 
 
 # -- inference ---------------------------------------------------------------------------------
