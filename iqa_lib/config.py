@@ -1,4 +1,4 @@
-"""A run's parameters, resolved in one place: `load_config(profile, res, fold, **overrides)`.
+"""A run's parameters, resolved in one place: `load_config(profile, res, fold, overrides, **shortcuts)`.
 
 The layers, later ones winning::
 
@@ -262,6 +262,11 @@ class Config(Section):
         if m.load_size < m.img_size:
             raise ValueError(f"model.load_size ({m.load_size}) is smaller than model.img_size ({m.img_size}): crops are "
                              f"cut from the stored image, so use load_size >= img_size (or null for whole images)")
+        room = m.load_size - m.img_size + 1  # distinct offsets of a crop along a side
+        if 1 < room < m.crop_grid:
+            raise ValueError(f"model.crop_grid ({m.crop_grid}) asks for more crops per side than model.load_size "
+                             f"({m.load_size}) has places for crops of model.img_size ({m.img_size}): use crop_grid <= "
+                             f"{room}, or load_size >= {m.img_size + m.crop_grid - 1}")
         return self
 
     @property
@@ -384,11 +389,11 @@ def repo_relative(path: str | os.PathLike) -> str:
 
 def params_dir(path: str | os.PathLike | None = None) -> Path:
     """The YAML folder: `path`, else $IQA_PARAMS_DIR, else the repository's params/."""
-    source = "params_dir" if path is not None else (f"${PARAMS_ENV}" if os.environ.get(PARAMS_ENV) else None)
+    source = "params_folder" if path is not None else (f"${PARAMS_ENV}" if os.environ.get(PARAMS_ENV) else None)
     folder = Path(path if path is not None else os.environ.get(PARAMS_ENV) or repo_root() / "params")
     if not (folder / "base.yaml").is_file():
         raise ConfigError(f"no base.yaml in '{folder}'" + (f" (from {source})" if source else "")
-                          + f": point params_dir or ${PARAMS_ENV} at the kit's params/ folder.")
+                          + f": point params_folder or ${PARAMS_ENV} at the kit's params/ folder.")
     return folder
 
 

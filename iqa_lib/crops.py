@@ -44,15 +44,17 @@ def random_crops(x: torch.Tensor, size: int, generator: torch.Generator | None =
 
 
 def grid_offsets(side: int, size: int, n: int) -> list[int]:
-    """`n` crop offsets evenly spread over `side`: first at 0, last flush with the far edge;
-    one crop (n = 1) is the centre crop."""
+    """`n` distinct crop offsets evenly spread over `side`: first at 0, last flush with the far edge;
+    one crop (n = 1) is the centre crop, and a crop as large as the image is the image, once."""
     if n < 1:
         raise ValueError(f"crop_grid must be >= 1, got {n}")
     if size > side:
         raise ValueError(f"crop {size} is larger than the images ({side})")
     if n == 1 or side == size:
         return [(side - size) // 2]
-    return sorted(set(np.linspace(0, side - size, n).round().astype(int).tolist()))
+    if n > side - size + 1:  # load_config refuses such a view; the feature cache counts on n x n crops
+        raise ValueError(f"crop_grid {n} needs images of at least {size + n - 1} px for crops of {size}, got {side}")
+    return np.linspace(0, side - size, n).round().astype(int).tolist()
 
 
 def grid_crops(x: torch.Tensor, size: int, n: int) -> list[torch.Tensor]:

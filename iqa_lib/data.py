@@ -344,14 +344,16 @@ def _parse_mos(values: Iterable[str], where: list[str], mos_scale: float) -> tup
         # Many values above the scale usually mean another scale (CLIVE: 0-100), not bad rows.
         top = max(x for _, x in outside)
         guess = next((s for s in (1, 5, 10, 100) if s >= top and s > mos_scale), None)
+        where_set = ("in the profile's YAML, or in a dataset.json beside train.csv as `iqa_lib.datasets.prepare "
+                     "--mos-scale` writes; load_table(..., mos_scale=) in Python")
         if top <= mos_scale:
             hint = "a MOS cannot be negative"
         elif guess:
-            hint = f"if this data set's scale is 0-{guess}, pass mos_scale={guess}"
+            hint = f"if this data set's scale is 0-{guess}, set mos_scale: {guess} ({where_set})"
         else:
-            hint = f"pass mos_scale= at least {top:g} if that is this data set's scale"
-        fix = (f"scores must lie in [0, mos_scale] and mos_scale={mos_scale:g} is in force: {hint} "
-               "(the top of the data set's scale), or fix the values")
+            hint = f"set mos_scale: at least {top:g} if that is this data set's scale ({where_set})"
+        fix = (f"scores must lie in [0, mos_scale] (the top of the data set's scale) and mos_scale={mos_scale:g} "
+               f"is in force: {hint}; or fix the values")
         problems += [Problem("mos out of range", w, f"mos={x:g} is outside [0, {mos_scale:g}]", fix)
                      for w, x in outside]
     return mos, problems
@@ -613,8 +615,9 @@ def _build_cache(folder: Path, paths: list[str], size: int, backend: str, num_wo
             if math.prod(shape) > free:  # say so now, not when the disk fills up halfway through
                 raise DataError([Problem("cache does not fit", str(folder),
                                          f"needs {math.prod(shape) / 1e9:.2f} GB, {free / 1e9:.2f} GB free",
-                                         "free disk space (old cache folders can be deleted), pass another "
-                                         "cache_dir=, or cache_dir=None to decode on access")])
+                                         "free disk space (old cache folders can be deleted), pass another out_dir "
+                                         "(-p out_dir ...), or set train.cache: false to decode the images every "
+                                         "epoch instead (in Python: ImageStore.open(..., cache_dir=None))")])
             target = folder / f".images.{os.getpid()}.tmp"
             with open(target, "wb") as f:
                 f.truncate(math.prod(shape))  # a sparse file of the full size

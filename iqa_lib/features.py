@@ -85,7 +85,7 @@ class FeatureCache:
     """The cached features of a store's images: `train_batch` and `predict` for the training loop."""
 
     def __init__(self, array: np.ndarray, view_names: tuple[str, ...], path: Path):
-        self.array, self.views, self.path = array, view_names, path
+        self.array, self.path = array, path
         self.flips = _flips(view_names)
         self.places = len(view_names) // len(self.flips)  # crops per image (1: the whole image); view = place x flip
 

@@ -66,7 +66,8 @@ def pick_device(name: str = "auto", rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device is 'cuda' but no CUDA GPU is visible: use 'auto' or 'cpu'.")
+            raise RuntimeError("the device asked for is 'cuda' (train.device, or score --device) but no CUDA GPU "
+                               "is visible: use 'auto' or 'cpu'.")
         return torch.device("cuda", rank % torch.cuda.device_count())
     return torch.device(name)
 
@@ -84,7 +85,8 @@ def autocast_dtype(precision: str, device: torch.device, cpu_bf16: bool = False)
         return None
     if not cpu_has_bf16():
         warnings.warn("train.cpu_bf16 is on but this CPU has no bf16 instructions (AVX512-BF16 or AMX): bf16 is "
-                      "emulated and slower than fp32 here. Set train.cpu_bf16: false.", stacklevel=2)
+                      "emulated and slower than fp32 here. Set train.cpu_bf16: false "
+                      "(python -m iqa_lib.score: --precision fp32).", stacklevel=2)
     return torch.bfloat16
 
 

@@ -11,7 +11,8 @@ tensor that is differentiable w.r.t. ``pred``:
 
 plcc, nin and rank compare samples within a batch, so a batch of fewer than 2
 gives them nothing to compare: they then return a zero that still carries a
-gradient (``pred.sum() * 0``), never NaN, and the optimiser step is a no-op.
+gradient (``pred.sum() * 0``), never NaN: that term adds no gradient (Adam's momentum and
+weight decay still move the weights in that step).
 
 A spec is a weighted sum of names, e.g. ``"mse"``, ``"plcc+rank"`` or
 ``"0.5*mse + 1.0*nin + 0.1*rank"``; ``make_loss(spec)`` parses it once and

@@ -166,9 +166,9 @@ def plot_learning_curves(metrics: pd.DataFrame | str | os.PathLike, *, best_epoc
     if best_epoch is None and len(v):
         best_epoch = int(v.loc[(v["plcc"] + v["srcc"]).idxmax(), "epoch"])
     fig, (loss, corr) = _figure(1, 2, (11, 4))
-    loss.plot(m["epoch"], m["train_loss"], "o-", label="train loss")
-    loss.plot(v["epoch"], v["val_loss"], "o-", label="validation loss")
-    loss.set(xlabel="epoch", ylabel="MSE (on MOS / mos_scale)", title="loss")
+    loss.plot(m["epoch"], m["train_loss"], "o-", label="train loss (train.loss)")
+    loss.plot(v["epoch"], v["val_loss"], "o-", label="validation MSE")
+    loss.set(xlabel="epoch", ylabel="loss (on MOS / mos_scale)", title="loss")
     for col in ("plcc", "srcc"):
         corr.plot(v["epoch"], v[col], "o-", label=f"validation {col.upper()}")
     corr.set(xlabel="epoch", ylabel="correlation", title="validation correlation")

@@ -394,7 +394,9 @@ def _execute(steps, cfg, slots, threads, ray, force, echo, title, poll_s) -> Non
         try:
             step.status, step.started = "running", time.time()
             step.where = "here" if slot is None else f"gpu {slot}" if slot else "cpu"
-            return run_notebook(step.notebook, step.output, step.params, gpus=slot, threads=threads)
+            # --parallel N splits the threads between trainings only: 01, 02, 04 and 05 run alone
+            return run_notebook(step.notebook, step.output, step.params, gpus=slot,
+                                threads=threads if step.run is not None else None)
         finally:
             slot_queue.put(slot)
 
@@ -417,7 +419,8 @@ def _execute(steps, cfg, slots, threads, ray, force, echo, title, poll_s) -> Non
         slot_queue.put(slot)
     try:
         if EDA in by_name:
-            run_here(by_name[EDA], [])
+            tables = [Path(cfg.data_dir) / name for name in ("train.csv", "test.csv")]
+            run_here(by_name[EDA], [t for t in tables if t.is_file()])
         run_here(by_name[FOLDS], [cfg.outputs.folds], current=folds_current(cfg))
         if by_name[FOLDS].status == "failed":
             block([s.name for s in steps if s.status == "queued"], f"needs {FOLDS}")

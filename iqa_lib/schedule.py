@@ -26,8 +26,9 @@ from torch.optim.lr_scheduler import LRScheduler
 class CosineAnnealingWarmupRestarts(LRScheduler):
     """Warm-up then cosine decay, restarted every cycle with a peak decayed by ``gamma``.
 
-    Every param group gets the same learning rate; the optimiser's own ``lr``
-    values are ignored, as in the original package. After construction the
+    Every param group gets the same learning rate, times its ``lr_scale`` if it
+    has one (the kit's slower ViT group); the optimiser's own ``lr`` values are
+    ignored, as in the original package. After construction the
     learning rate is ``min_lr`` (global step 0, even when ``warmup_steps`` is
     0: the original package forces it there), and each ``step()`` advances
     one step.

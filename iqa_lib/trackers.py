@@ -13,7 +13,7 @@ One training run = one tracker run named `cfg.run.name` ({res}_fold{k}) in the g
 `group_name(cfg)` (profile and out_dir's folder name: demo-demo), so a grid's runs sit together.
 The x axis is the global optimiser step, so a resumed run continues its curves. Logged:
 
-    train/loss, train/lr          every optimiser step: the step's mean MSE (rank 0's batches) and
+    train/loss, train/lr          every optimiser step: the step's training loss (train.loss, rank 0's batches) and
                                   the learning rate after the step (metrics.csv's `lr` convention)
     val/loss, val/plcc, val/srcc, val/score, val/plcc_srcc, train/epoch_loss, train/images_per_s, epoch
                                   every epoch, at the epoch's last step (the metrics.csv row)

@@ -136,11 +136,10 @@ class EpochBatches(torch.utils.data.Sampler):
     global batches, each split across ranks. `start` skips batches already trained on
     (resuming mid-epoch) without touching their images."""
 
-    def __init__(self, indices, batch_size, seed, epoch, start=0, rank=0, world=1, shuffle=True):
-        self.indices, self.batch_size, self.start, self.rank, self.world = np.asarray(indices), batch_size, start, rank, world
-        if shuffle:
-            g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-            self.indices = self.indices[torch.randperm(len(self.indices), generator=g).numpy()]
+    def __init__(self, indices, batch_size, seed, epoch, start=0, rank=0, world=1):
+        self.batch_size, self.start, self.rank, self.world = batch_size, start, rank, world
+        g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        self.indices = np.asarray(indices)[torch.randperm(len(indices), generator=g).numpy()]
 
     def n_batches(self) -> int:
         n, bs = len(self.indices), self.batch_size

@@ -459,7 +459,7 @@ def test_bad_resolution_file_is_named(layered):
 
 
 def test_missing_params_dir(tmp_path):
-    with pytest.raises(ConfigError, match=r"no base\.yaml in '.*' \(from params_dir\): point params_dir or "
+    with pytest.raises(ConfigError, match=r"no base\.yaml in '.*' \(from params_folder\): point params_folder or "
                                           rf"\${C.PARAMS_ENV} at the kit's params/ folder"):
         load_config("team", 384, 0, params_folder=tmp_path)
     with pytest.raises(ConfigError, match=r"no base\.yaml in"):

@@ -1,5 +1,6 @@
 """Training on random crops of a larger stored image, scoring over a grid of crops."""
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ from iqa_lib.infer import predict_indices
 from iqa_lib.model import MANIQAConfig
 from iqa_lib.train import fit
 
-from conftest import make_exposure_data
+from conftest import checkpoint_vs_oof, make_exposure_data
 
 
 def numbered_images(b=5, side=12):
@@ -61,6 +62,9 @@ def test_grid_crops_cover_the_image():
     assert covered.all()
     with pytest.raises(ValueError, match="crop_grid must be >= 1"):
         grid_offsets(13, 5, 0)
+    assert grid_offsets(7, 5, 3) == [0, 1, 2]
+    with pytest.raises(ValueError, match="crop_grid 3 needs images of at least 7 px for crops of 5, got 6"):
+        grid_offsets(6, 5, 3)  # only two places: a 3 x 3 grid would repeat crops
 
 
 class MeanBrightness(torch.nn.Module):
@@ -97,6 +101,10 @@ def test_load_size_defaults_to_img_size_and_must_not_be_smaller(tmp_path):
         load_config("demo", 64, 0, {"model.load_size": 32})
     with pytest.raises(ConfigError, match="crop_grid"):
         load_config("demo", 64, 0, {"model.crop_grid": 0})
+    with pytest.raises(ConfigError, match=r"model.crop_grid \(3\) asks for more crops per side than model.load_size "
+                                          r"\(65\) has places for crops of model.img_size \(64\): use crop_grid <= 2"):
+        load_config("demo", 64, 0, {"model.load_size": 65, "model.crop_grid": 3})
+    assert load_config("demo", 64, 0, {"model.load_size": 66, "model.crop_grid": 3}).model.crop_grid == 3
 
 
 def test_fit_on_crops_and_predict_with_the_checkpoints_view(tmp_path):
@@ -114,6 +122,10 @@ def test_fit_on_crops_and_predict_with_the_checkpoints_view(tmp_path):
     assert ckpt["model_config"]["img_size"] == 64
     df = predict(result.checkpoint, data, progress=False)
     assert len(df) == 6 and df["mos"].between(0, 10).all()
+    # predict takes the checkpoint's view (96 px stored, 2 x 2 crops of 64): the run's own validation scores
+    both = checkpoint_vs_oof(params, data)
+    assert len(both) == len(pd.read_csv(params.run.oof))
+    np.testing.assert_allclose(both["pred"], both["mos_y"], atol=1e-4)
     # Another view is refused rather than silently mixed: for the completed run, and on resume.
     last = safe_torch_load(result.run_dir / "last.pt", "resume state")
     assert last["input"] == ckpt["input"]

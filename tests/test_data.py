@@ -192,7 +192,7 @@ def test_listing_is_capped(tmp_path):
 def test_mos_scale_parameter(tmp_path):
     save_image(tmp_path / "train" / "a.jpg")
     (tmp_path / "train.csv").write_text("img_name,img_path,mos\na,./train/a.jpg,73.5\n")
-    with pytest.raises(D.DataError, match="pass mos_scale=100"):
+    with pytest.raises(D.DataError, match=r"set mos_scale: 100 \(in the profile's YAML, or in a dataset.json"):
         D.load_table(tmp_path)
     assert D.load_table(tmp_path, mos_scale=100)["mos"].tolist() == [73.5]
 
@@ -258,12 +258,20 @@ def test_read_rgb_any_mode(tmp_path, mode, fmt):
         warnings.simplefilter("error")  # e.g. Pillow's palette-transparency warning
         im = D.read_rgb(path)
     assert im.mode == "RGB" and im.size == (20, 12)
+    # The pixels: the source's colours, alpha dropped (lossy formats: Pillow's decode of the file)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = Image.open(path) if fmt in ("JPEG", "WEBP") else _mode_image(mode)
+        expected = source.convert("RGBA" if mode.startswith("P") else "RGB").convert("RGB")
+    assert np.array_equal(np.asarray(im), np.asarray(expected))
 
 
 def test_palette_with_alpha_in_memory():
     pa = Image.new("RGB", (5, 3), (10, 200, 30)).convert("P").convert("PA")  # PNG cannot store PA
     out = D._to_rgb(pa)
     assert out.mode == "RGB" and out.size == (5, 3)
+    expected = np.asarray(pa.convert("RGBA"))[..., :3]  # (10, 200, 30) dithered on the web palette
+    assert np.array_equal(np.asarray(out), expected) and (expected[..., 1] == 204).all()
 
 
 def test_alpha_is_dropped_not_composited(tmp_path):

@@ -144,7 +144,7 @@ def test_bad_arguments(tmp_path):
         make_demo_data(tmp_path / "x", sizes=((8, 8),))
     file = tmp_path / "file"
     file.write_text("")
-    with pytest.raises(NotADirectoryError, match="file"):
+    with pytest.raises(NotADirectoryError, match="is a file: pass a folder"):
         make_demo_data(file)
 
 

@@ -89,8 +89,10 @@ def test_nan_predictions_are_ignored_per_image(preds):
     expected_mean = [np.mean(r[~np.isnan(r)]) for r in x]
     np.testing.assert_allclose(plain_mean(x), expected_mean, rtol=0, atol=1e-12)
     # inf is treated like NaN.
-    x[0, 0] = np.inf
-    assert np.isfinite(iqr_mean(x)[0]) and np.isfinite(plain_mean(x)[0])
+    with_nan = x.copy()
+    x[0, 0], with_nan[0, 0] = np.inf, np.nan
+    np.testing.assert_allclose(iqr_mean(x), iqr_mean(with_nan), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(plain_mean(x), plain_mean(with_nan), rtol=0, atol=1e-12)
 
 
 def test_all_nan_image_gives_nan_and_warns():
@@ -194,6 +196,11 @@ def test_ensemble_series(runs):
     assert mean.name == "mos" and mean.index.equals(table.index)
     np.testing.assert_allclose(mean, table.mean(axis=1))
     np.testing.assert_allclose(ensemble(table), iqr_mean(table))
+    # With three runs the fences keep every value; with five and an outlier the default must filter it.
+    five = pd.DataFrame({f"448_fold{k}": [1.0, 2.0, 3.0, 4.0, 5.0][k:k + 1] * 2 for k in range(5)}, index=["a", "b"])
+    five.loc["b", "448_fold4"] = 50.0
+    np.testing.assert_allclose(ensemble(five), [3.0, 2.5])
+    np.testing.assert_allclose(ensemble(five, method="mean"), [3.0, 12.0])
     with pytest.raises(ValueError, match="unknown method 'median'"):
         ensemble(table, method="median")
 

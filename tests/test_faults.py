@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from iqa_lib.checkpoint import CheckpointError, atomic_write_bytes, safe_torch_load
 from iqa_lib.infer import load_model
 from iqa_lib.train import fit
-from conftest import TIMING, make_exposure_data, tiny_params
+from conftest import make_exposure_data, metrics_of, tiny_params
 
 # Runs one training in a child process that SIGKILLs itself at the N-th call of a function:
 # `replace` = the rename that publishes a checkpoint, `write` = half-way through writing one,
@@ -53,10 +52,6 @@ def reference(data, tmp_path_factory):
     return fit(tiny_params(data, out, **{"train.save_every_steps": 2}), progress=False)
 
 
-def metrics(run_dir):
-    return pd.read_csv(Path(run_dir) / "metrics.csv").drop(columns=TIMING)
-
-
 @pytest.mark.parametrize("where,n", [("replace", 4), ("write", 6), ("validate", 2)])
 def test_killed_run_resumes_to_the_same_result(data, reference, tmp_path, where, n):
     ov = {"data_dir": str(data), "out_dir": str(tmp_path), "train.epochs": 3, "train.patience": 10,
@@ -66,13 +61,13 @@ def test_killed_run_resumes_to_the_same_result(data, reference, tmp_path, where,
     assert proc.returncode == -9, proc.stderr[-2000:]  # it really was killed
     run = tmp_path / "runs" / "64_fold0"
     # Whatever sits under a final name is whole (temp files carry temp names only).
-    for f in run.glob("*.pt"):
+    for f in [*run.glob("*.pt"), *run.glob("*.ckpt")]:  # last.pt and the best checkpoint
         safe_torch_load(f)
     assert json.loads((run / "manifest.json").read_text())["status"] == "running"
 
     resumed = fit(tiny_params(data, tmp_path, **{"train.save_every_steps": 2}), progress=False)
     assert resumed.status == "completed"
-    pd.testing.assert_frame_equal(metrics(reference.run_dir), metrics(run), check_exact=True)
+    pd.testing.assert_frame_equal(metrics_of(reference.run_dir), metrics_of(run), check_exact=True)
     load_model(resumed.checkpoint)
     assert not list(run.glob(".*.tmp"))  # the torn temp file was cleaned up
 

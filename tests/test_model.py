@@ -154,6 +154,7 @@ def test_fast_path_bf16_autocast_any_batch(batch):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(x)
     assert low.shape == (batch,) and torch.isfinite(low).all()
+    assert not torch.equal(low.float(), ref)  # autocast did take effect
     assert (low.float() - ref).abs().max().item() < 0.05 * max(ref.abs().max().item(), 1.0)
 
 

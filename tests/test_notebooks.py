@@ -43,8 +43,11 @@ def test_notebook_is_commit_ready(name):
     nb = _read(name)
     nbformat.validate(nb)
     assert nb.metadata["kernelspec"]["name"] == "python3"
+    # no papermill or widget state, no execution timings: only what a clean save keeps
+    assert set(nb.metadata) <= {"kernelspec", "language_info"}, sorted(nb.metadata)
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), "starts with a title"
     for i, cell in enumerate(nb.cells):
+        assert set(cell.metadata) <= {"tags"}, f"cell {i} metadata {sorted(cell.metadata)}"
         if cell.cell_type == "code":
             assert cell.outputs == [], f"cell {i} has outputs"
             assert cell.execution_count is None, f"cell {i} has an execution count"
@@ -270,10 +273,14 @@ def test_pipeline_predictions(pipeline):
 
 @pytest.mark.slow
 def test_pipeline_submission(pipeline):
-    from iqa_lib.ensemble import validate_submission
+    from iqa_lib.ensemble import ensemble, load_predictions, validate_submission
 
     path = pipeline.out / "submission.csv"
     validate_submission(path, pipeline.data / "test.csv")
+    # The scores are the IQR ensemble of the three runs' predictions, in test.csv's order.
+    expected = ensemble(load_predictions(sorted((pipeline.out / "preds").glob("*.csv"))))
+    submission = pd.read_csv(path, dtype={"img_name": str}).set_index("img_name")["mos"]
+    pd.testing.assert_series_equal(submission, expected.loc[submission.index], check_names=False, rtol=1e-9)
     text = "\n".join(_outputs(pipeline.notebooks["05_ensemble"], "text/plain"))
     assert "ensemble (iqr)" in text and "submission" in text  # scored against test_labels.csv
     assert "resolution" in text and "iqr over 3 resolution(s)" in text  # the OOF table

@@ -43,7 +43,13 @@ def table(tmp_path):
 
 
 def test_mos_hist(tmp_path):
-    _saves(plots.plot_mos_hist(RNG.normal(5.5, 0.8, 200), mos_scale=10), tmp_path)
+    mos = RNG.normal(5.5, 0.8, 200)
+    fig = _saves(plots.plot_mos_hist(mos, mos_scale=10), tmp_path)
+    ax = fig.axes[0]
+    heights = [patch.get_height() for patch in ax.patches]
+    np.testing.assert_allclose(heights, np.histogram(mos, bins=40, density=True)[0])
+    assert f"n = 200, sd = {mos.std(ddof=1):.3f}" in ax.get_title()
+    assert any(tuple(line.get_xdata()) == (mos.mean(), mos.mean()) for line in ax.get_lines())  # the mean
 
 
 def test_mos_hist_constant(tmp_path):
@@ -53,17 +59,37 @@ def test_mos_hist_constant(tmp_path):
 def test_image_sizes(tmp_path):
     sizes = pd.DataFrame({"width": [100, 120, 100, 90], "height": [80, 120, 100, 60],
                           "split": ["train", "train", "test", "test"]})
-    _saves(plots.plot_image_sizes(sizes), tmp_path)
-    _saves(plots.plot_image_sizes(sizes.drop(columns="split")), tmp_path, "nosplit.png")
+    fig = _saves(plots.plot_image_sizes(sizes), tmp_path)
+    points = [np.asarray(c.get_offsets()).tolist() for c in fig.axes[0].collections]
+    assert points == [[[100, 80], [120, 120]], [[100, 100], [90, 60]]]  # train, then test
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["train (2)", "test (2)"]
+    fig = _saves(plots.plot_image_sizes(sizes.drop(columns="split")), tmp_path, "nosplit.png")
+    assert np.asarray(fig.axes[0].collections[0].get_offsets()).tolist() == sizes[["width", "height"]].values.tolist()
 
 
 def test_image_grid(table, tmp_path):
-    _saves(plots.plot_image_grid(table, n=3, thumb=32), tmp_path)
-    _saves(plots.plot_image_grid(table.head(1), n=4, thumb=32), tmp_path, "one.png")
+    fig = _saves(plots.plot_image_grid(table, n=3, thumb=32), tmp_path)
+    images = table.drop_duplicates("img_name").sort_values("mos")
+    best, worst = images["mos"].iloc[::-1].head(3), images["mos"].head(3)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [f"best {i + 1}: MOS {m:.2f}" for i, m in enumerate(best)] + \
+                     [f"worst {i + 1}: MOS {m:.2f}" for i, m in enumerate(worst)]
+    top = images.iloc[-1]  # the best image is drawn, as a thumbnail of its file's pixels
+    drawn = fig.axes[0].images[0].get_array()
+    with Image.open(top["path"]) as im:
+        assert drawn.shape[:2] == (im.height * 32 // max(im.size), im.width * 32 // max(im.size))
+    fig = _saves(plots.plot_image_grid(table.head(1), n=4, thumb=32), tmp_path, "one.png")
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == \
+        [f"best 1: MOS {table['mos'].iloc[0]:.2f}", f"worst 1: MOS {table['mos'].iloc[0]:.2f}"]
 
 
 def test_rows_per_image(table, tmp_path):
-    _saves(plots.plot_rows_per_image(table), tmp_path)
+    fig = _saves(plots.plot_rows_per_image(table), tmp_path)
+    ax = fig.axes[0]
+    # 12 images with 1, 2, 3, 1, 2, 3 ... rows: four images of each row count
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "3"]
+    assert [patch.get_height() for patch in ax.patches] == [4, 4, 4]
+    assert ax.get_title() == "24 rows for 12 images"
 
 
 def test_folds(tmp_path):
@@ -71,7 +97,9 @@ def test_folds(tmp_path):
     table = plots.fold_table(folds)
     assert list(table.columns) == ["images", "mean", "sd", "min", "max"]
     assert table["images"].tolist() == [10] * 5
-    _saves(plots.plot_fold_distributions(folds), tmp_path)
+    fig = _saves(plots.plot_fold_distributions(folds), tmp_path)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == [f"fold {k}: n = 10, mean {m:.3f}" for k, m in folds.groupby("fold")["mos"].mean().items()]
 
 
 def test_learning_curves(tmp_path):
@@ -136,8 +164,20 @@ def test_pred_vs_true(tmp_path):
 def test_prediction_correlation(tmp_path):
     base = RNG.uniform(2, 9, 30)
     table = pd.DataFrame({f"448_fold{k}": base + RNG.normal(0, 0.3, 30) for k in range(3)})
-    _saves(plots.plot_prediction_correlation(table), tmp_path)
+    fig = _saves(plots.plot_prediction_correlation(table), tmp_path)
+    np.testing.assert_allclose(fig.axes[0].images[0].get_array(), table.corr().to_numpy())
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == list(table.columns)
+    assert f"{table.corr().iat[0, 1]:.2f}" in [t.get_text() for t in fig.axes[0].texts]
+    fig = plots.plot_prediction_correlation(table, method="spearman")
+    np.testing.assert_allclose(fig.axes[0].images[0].get_array(), table.corr(method="spearman").to_numpy())
 
 
 def test_pred_distribution(tmp_path):
-    _saves(plots.plot_pred_distribution(RNG.normal(5.5, 0.4, 30), RNG.normal(5.5, 0.8, 100)), tmp_path)
+    pred, train = RNG.normal(5.5, 0.4, 30), RNG.normal(5.5, 0.8, 100)
+    fig = _saves(plots.plot_pred_distribution(pred, train), tmp_path)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    for name, values in (("train MOS", train), ("predicted test MOS", pred)):
+        assert f"{name}: mean {values.mean():.3f}, sd {values.std(ddof=1):.3f}" in labels
+    edges = np.histogram_bin_edges(np.concatenate([pred, train]), bins=40)
+    heights = [patch.get_height() for patch in fig.axes[0].patches]
+    np.testing.assert_allclose(heights, np.concatenate([np.histogram(v, edges, density=True)[0] for v in (train, pred)]))

@@ -288,7 +288,9 @@ def test_spaq_xlsx(tmp_path):
     pytest.importorskip("openpyxl")
     src = make_spaq(tmp_path / "src", sheet="xlsx")
     dest = prepare("spaq", src, tmp_path / "out", max_side=64, progress=False)
-    assert len(load_table(dest, mos_scale=100, progress=False)) == 6
+    table = load_table(dest, mos_scale=100, progress=False)
+    assert table["img_name"].tolist() == [f"{i:05d}" for i in range(1, 7)]
+    assert table["mos"].tolist() == [12.5, 88.0, 45.0, 67.25, 30.0, 75.5]  # the sheet's, row by row
 
 
 def test_spaq_xlsx_without_openpyxl(tmp_path, monkeypatch):
@@ -323,7 +325,7 @@ def test_non_empty_dest_needs_overwrite(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "x.txt").write_text("x")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="not empty.*--overwrite"):
         prepare("koniq", make_koniq(tmp_path / "ksrc"), other, progress=False)
 
     prepare("kadid", src, dest, overwrite=True, progress=False)  # now without a holdout

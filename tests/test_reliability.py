@@ -67,7 +67,7 @@ def test_fit_refuses_to_resume_a_run_started_on_another_split(tmp_path):
     manifest.write_text(manifest.read_text().replace('"completed"', '"interrupted"'))  # as if killed
     _edit_one_mos(data)
     (out / "folds.csv").unlink()
-    with pytest.raises(StaleRunError, match="64_fold0"):
+    with pytest.raises(StaleRunError, match=r"another split.*: 64_fold0\..*fit\(cfg, force=True\)"):
         fit(_tiny(data, out, **{"train.epochs": 2}), progress=False)
 
 
@@ -283,12 +283,15 @@ def test_01_eda_shows_the_good_rows_and_lists_the_problems(tmp_path):
 def test_a_code_carrying_weights_file_is_named(tmp_path):
     from iqa_lib.model import MANIQA, MANIQAConfig, PretrainedWeightsError
 
+    marker = tmp_path / "payload-ran"
+
     class Payload:
         def __reduce__(self):
-            return (os.system, ("echo should-not-run",))
+            return (Path.touch, (marker,))
 
     evil = tmp_path / "weights.pth"
     torch.save({"pos_embed": Payload()}, evil)
     cfg = MANIQAConfig(img_size=64, embed_dim=64, head_hidden=32, vit_kwargs=dict(embed_dim=64, depth=10, num_heads=2))
     with pytest.raises(PretrainedWeightsError, match=rf"weights_file '{evil}' contains Python objects that would run code"):
         MANIQA(cfg, pretrained=True, weights_file=evil)
+    assert not marker.exists()

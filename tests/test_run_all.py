@@ -187,6 +187,8 @@ def test_failures_exit_nonzero_naming_run_notebook_log_and_parallel_cpu(grid, ca
     assert max(snap[""] for snap in at_once) == 2, "--parallel 2: both trainings at once"
     threads = str(max(1, (os.cpu_count() or 1) // 2))
     assert all(c["gpus"] == "" and c["omp"] == threads for c in trained), "CPU runs: no GPU, threads split"
+    alone = [c for c in ran if c["step"] != "03_train"]
+    assert alone and all(c["omp"] is None for c in alone), "01 and 02 run alone: every thread"
 
 
 def test_ray_local_runs_trainings_and_inference_as_tasks(grid):

@@ -288,9 +288,9 @@ def test_none_and_other_ranks_log_nothing(tmp_path):
     cfg = load_config("demo", 64, 0, out_dir=str(tmp_path), logger="tensorboard")
     assert not open_trackers(cfg, rank=1)  # DDP: only rank 0 logs
     assert not open_trackers(load_config("demo", 64, 0, out_dir=str(tmp_path)))
-    assert not list(tmp_path.iterdir())
     noop = open_trackers(cfg, rank=1)
     noop.log_step(10, torch.tensor(1.0), 1, 0.1), noop.log_epoch({"step": 10}), noop.finish()
+    assert not list(tmp_path.iterdir())
 
 
 class Recorder:

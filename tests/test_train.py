@@ -342,3 +342,7 @@ def test_fit_and_the_notebooks_resolve_one_mos_scale(tmp_path):
     assert safe_torch_load(result.checkpoint)["mos_scale"] == 100.0
     assert json.loads(cfg.run.manifest.read_text())["config"]["mos_scale"] == 100.0
     assert predict(result.checkpoint, data, progress=False)["mos"].between(0, 100).all()
+    # validation kept the 0-100 targets, and predict scores on the scale validation scored on
+    assert pd.read_csv(cfg.run.oof)["mos"].max() > 10
+    both = checkpoint_vs_oof(cfg, data)
+    np.testing.assert_allclose(both["pred"], both["mos_y"], atol=1e-3)

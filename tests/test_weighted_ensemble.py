@@ -138,9 +138,13 @@ def test_weighted_ensemble_errors():
 def test_methods_in_one_place():
     assert METHODS == ("iqr", "mean", "oof_weighted")
     table = pd.DataFrame({"448_fold0": [1.0, 2.0], "448_fold1": [3.0, 5.0]}, index=["a", "b"])
-    # Backwards compatible: iqr (the default) and mean need no weights.
-    np.testing.assert_allclose(ensemble(table), iqr_mean(table))
-    np.testing.assert_allclose(ensemble(table, "mean"), plain_mean(table))
+    # Backwards compatible: iqr (the default) and mean need no weights. Five runs with an outlier
+    # (image b, 40.0), so that the two methods give different scores.
+    five = pd.DataFrame({f"448_fold{k}": [float(k), 2.0 + k % 2] for k in range(4)}, index=["a", "b"])
+    five["448_fold4"] = [4.0, 40.0]
+    assert not np.allclose(iqr_mean(five), plain_mean(five))
+    np.testing.assert_allclose(ensemble(five), iqr_mean(five))
+    np.testing.assert_allclose(ensemble(five, "mean"), plain_mean(five))
     with pytest.raises(ValueError, match=r"unknown method 'median'; choose from \['iqr', 'mean', 'oof_weighted'\]"):
         ensemble(table, "median")
     with pytest.raises(ValueError, match="'oof_weighted' needs weights.*oof_weights"):
