@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from common import save, table
+from common import make_step, save, table
 
 
 def worker(profile: str, res: int, threads: int, warmup: int, steps: int) -> None:
@@ -42,14 +42,7 @@ def worker(profile: str, res: int, threads: int, warmup: int, steps: int) -> Non
     amp = autocast_dtype(tp.precision, torch.device("cpu"), tp.cpu_bf16)
     side = cfg.model.img_size
     x, y = torch.randn(tp.batch_size, 3, side, side), torch.rand(tp.batch_size)
-
-    def step():
-        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
-            loss = (model(x).float() - y).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    step = make_step(model, opt, x, y, amp)
     for _ in range(warmup):
         step()
     t = time.perf_counter()

@@ -554,7 +554,8 @@ def _across_ranks(loss_sum: torch.Tensor, n: int, alive: torch.Tensor, world: in
     t = torch.stack([loss_sum.detach().float(), torch.tensor(float(n), device=loss_sum.device), alive.float()])
     if world > 1:
         dist.all_reduce(t)
-    return (t[0] / t[1].clamp(min=1)).item(), int(t[2].item())
+    mean, alive = torch.stack([t[0] / t[1].clamp(min=1), t[2]]).tolist()  # one transfer to the host
+    return mean, int(alive)
 
 
 def _patience_spent(history: list, best: dict, patience: int) -> bool:
