@@ -220,6 +220,7 @@ class TrainParams(Section):
     freeze_backbone: bool
     freeze_blocks: Annotated[Int, Field(ge=0)]
     feature_cache: bool
+    init_from: Optional[Count]  # an input size of the profile, smaller than res (load_config checks)
     logger: LoggerList  # "none" or a comma list of LOGGERS' trackers (iqa_lib.trackers)
 
     @property
@@ -267,6 +268,13 @@ class Config(Section):
             raise ValueError(f"model.crop_grid ({m.crop_grid}) asks for more crops per side than model.load_size "
                              f"({m.load_size}) has places for crops of model.img_size ({m.img_size}): use crop_grid <= "
                              f"{room}, or load_size >= {m.img_size + m.crop_grid - 1}")
+        t = self.train
+        if t.init_from is not None and m.num_tab:
+            raise ValueError(f"train.init_from: the {m.num_tab} TAB pairs' weights are sized by the token count, which "
+                             f"differs between input sizes: set model.num_tab: 0, or train.init_from: null")
+        if t.init_from is not None and t.freeze_backbone and t.feature_cache:
+            raise ValueError("train.init_from gives each fold a backbone of its own, but the feature cache "
+                             "(train.feature_cache) is shared by the folds of a size: set train.feature_cache: false")
         return self
 
     @property
@@ -603,6 +611,11 @@ def load_config(
     flat.update(res=res, fold=fold, profile=profile_path.stem)
     sources.update(res="the res argument", fold="the fold argument")
     try:
-        return Config.model_validate(_nest(flat))
+        cfg = Config.model_validate(_nest(flat))
     except ValidationError as e:
         raise _explain(e, sources) from None
+    source = cfg.train.init_from
+    if source is not None and (source not in per_res or source >= res):
+        raise ConfigError(f"train.init_from = {source} (from {sources['train.init_from']}) must be an input size of "
+                          f"profile {profile_path.stem!r} smaller than res={res} (its sizes: {sizes}), or null.")
+    return cfg

@@ -23,6 +23,7 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from .swin import SwinStage
@@ -244,6 +245,27 @@ class MANIQA(nn.Module):
         mods = [*self.vit.blocks[last + 1 :], self.vit.norm, self.vit.head, self.vit.fc_norm,
                 self.swintransformer1.downsample, self.swintransformer2.downsample]
         return [p for m in mods for p in m.parameters()]
+
+    def load_other_size(self, state: dict) -> "MANIQA":
+        """Load the weights of this MANIQA trained at another input size (`train.init_from`): the ViT's
+        position embedding is resampled to this token grid by timm; buffers of another shape (the Swin
+        attention masks, which follow the grid) stay this model's. Raises ValueError naming any weight
+        that does not fit."""
+        own = self.state_dict()
+        buffers = {name for name, _ in self.named_buffers()}
+        state = {k: v for k, v in state.items() if not (k in buffers and (k not in own or v.shape != own[k].shape))}
+        pos = state.get("vit.pos_embed")
+        if pos is not None and pos.shape != own["vit.pos_embed"].shape:
+            prefix = 0 if getattr(self.vit, "no_embed_class", False) else self.vit.num_prefix_tokens
+            state["vit.pos_embed"] = resample_abs_pos_embed(pos, list(self.vit.patch_embed.grid_size),
+                                                            num_prefix_tokens=prefix)
+        wrong = sorted(k for k in state if k not in own or state[k].shape != own[k].shape)
+        missing = sorted(set(own) - set(state) - buffers)
+        if wrong or missing:
+            raise ValueError(f"those weights do not fit this model: {', '.join((wrong + missing)[:5])} (of another "
+                             f"shape, unknown or missing): e.g. a token grid smaller than model.window_size")
+        self.load_state_dict(state, strict=False)
+        return self
 
     # -- the shared middle: TABs and Swin stages on (B, 4D, N) ----------------------------------
     def _stages(self, x: torch.Tensor, fused: bool) -> torch.Tensor:

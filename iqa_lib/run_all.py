@@ -4,7 +4,8 @@ Each step executes a notebook with papermill in a child process, its log beside 
 
     01_eda        unless --skip-eda; its failure does not stop the grid
     02_folds
-    03_train      once per (res, fold), largest resolution first, one per GPU
+    03_train      once per (res, fold), largest resolution first, one per GPU (with train.init_from:
+                  smallest first, each run after the run it starts from)
     04_infer      the selected runs ("all" for the whole grid)
     05_ensemble
 
@@ -35,18 +36,19 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from .lock import LockHeldError, hold
 from .trackers import require as require_trackers
-from .config import (DEFAULT_PROFILE, SHORTCUTS, ConfigError, RunFiles, load_config, profile_resolutions,
-                     read_json, repo_relative, repo_root, resolve_path, run_name)
+from .config import (DEFAULT_PROFILE, SHORTCUTS, ConfigError, RunFiles, load_config, parse_run_name,
+                     profile_resolutions, read_json, repo_relative, repo_root, resolve_path, run_name)
 
 EDA, FOLDS, TRAIN, INFER, ENSEMBLE = "01_eda", "02_folds", "03_train", "04_infer", "05_ensemble"
 SET_BY_RUNNER = {"res": "--res", "fold": "--folds", "profile": "--profile",
@@ -70,6 +72,8 @@ class Step:
     best: float | None = None     # best validation PLCC+SRCC so far
     started: float | None = None
     ended: float | None = None
+    after: str | None = None      # the run this training starts from (train.init_from)
+    settled: threading.Event = field(default_factory=threading.Event, repr=False)  # done, skipped or failed
 
     @property
     def log(self) -> Path:
@@ -155,7 +159,9 @@ def plan_grid(profile=DEFAULT_PROFILE, res=None, folds=None, data_dir=None, out_
     # load_config refuses a resolution or fold the profile lacks, and bad -p values, naming them.
     configs = [load_config(profile, r, k, data_dir=data_dir, out_dir=out_dir, **shortcuts)
                for r in (res or profile_resolutions(profile)) for k in (folds or range(base.n_folds))]
-    runs = sorted({(c.res, c.fold) for c in configs}, key=lambda rk: (-rk[0], rk[1]))
+    after = {(c.res, c.fold): c.train.init_from for c in configs}
+    chained = any(v is not None for v in after.values())  # then a run's source comes before it
+    runs = sorted(after, key=lambda rk: (rk[0] if chained else -rk[0], rk[1]))
     whole = len(runs) == len(profile_resolutions(profile)) * base.n_folds
     runs_param = "all" if whole else ",".join(run_name(r, k) for r, k in runs)
     outputs = base.outputs
@@ -170,7 +176,8 @@ def plan_grid(profile=DEFAULT_PROFILE, res=None, folds=None, data_dir=None, out_
     for r, k in runs:
         files = outputs.run(r, k)
         params = {**common, "res": r, "fold": k, **extra}
-        steps.append(Step(run_name(r, k), sources[TRAIN], files.notebook, params, run=files))
+        source = run_name(after[r, k], k) if after[r, k] is not None else None
+        steps.append(Step(run_name(r, k), sources[TRAIN], files.notebook, params, run=files, after=source))
     steps += [notebook_step(INFER, runs=runs_param), notebook_step(ENSEMBLE, runs=runs_param)]
     return base, steps
 
@@ -368,7 +375,9 @@ def _execute(steps, cfg, slots, threads, ray, force, echo, title, poll_s) -> Non
             echo(render_table(steps, title))
             shown[0] = key
 
-    def finish(step: Step, rc: int) -> None:
+    def finish(step: Step, rc: int | None) -> None:
+        if rc is None:  # blocked: it never ran
+            return
         step.ended = time.time()
         if step.run is not None:
             step.best = best_score(step.run)
@@ -379,8 +388,25 @@ def _execute(steps, cfg, slots, threads, ray, force, echo, title, poll_s) -> Non
         else:
             step.status, step.note = "failed", last_error_line(step.log) or step.note or f"exit code {rc}"
 
-    def launch(step: Step) -> int:
-        """Run a step and return its exit code: on Ray (trainings, inference) or on a slot here."""
+    def launch(step: Step) -> int | None:
+        """Run a step and return its exit code: on Ray (trainings, inference) or on a slot here; None when
+        the run it starts from (train.init_from) failed."""
+        try:
+            source = by_name.get(step.after)
+            if source is not None:  # queued earlier, so running or over: no slot is held while waiting
+                source.settled.wait()
+            if stopping.is_set():
+                step.status, step.note = "stopped", "interrupted"
+                return None
+            stale = source is not None and source.status == "failed"  # e.g. trained on another split
+            if step.after and (stale or not cfg.outputs.run(*parse_run_name(step.after)).completed):
+                step.status, step.note = "blocked", f"needs {step.after} (train.init_from)"
+                return None
+            return run_step(step)
+        finally:
+            step.settled.set()
+
+    def run_step(step: Step) -> int:
         if ray is not None and (step.run is not None or step.name == INFER):
             task = ray.remote(ray_task).options(num_gpus=ray_gpus, num_cpus=1, max_retries=0, name=f"iqa:{step.name}")
             ref = task.remote(repo_relative(step.notebook), repo_relative(step.output), step.params)
@@ -411,10 +437,11 @@ def _execute(steps, cfg, slots, threads, ray, force, echo, title, poll_s) -> Non
 
     def block(names: list[str], reason: str) -> None:
         for name in names:
-            by_name[name].status, by_name[name].note = "blocked", reason
+            if by_name[name].status == "queued":  # the first reason stands
+                by_name[name].status, by_name[name].note = "blocked", reason
 
     ray_gpus = (cfg.train.devices if ray.cluster_resources().get("GPU", 0) else 0) if ray is not None else 0
-    slot_queue = queue.Queue()
+    slot_queue, stopping = queue.Queue(), threading.Event()
     for slot in slots or [None]:  # Ray: None, a placeholder for the notebooks run here
         slot_queue.put(slot)
     try:
@@ -444,6 +471,9 @@ def _execute(steps, cfg, slots, threads, ray, force, echo, title, poll_s) -> Non
                 step.note = "resumes from last.pt"
             step.best = best_score(step.run)
         todo = [s for s in trains if s.status == "queued"]
+        for step in trains:
+            if step.status != "queued":
+                step.settled.set()
         workers = len(todo) if ray is not None else len(slots)
         pool = ThreadPoolExecutor(max_workers=max(1, workers))
         try:
@@ -457,9 +487,12 @@ def _execute(steps, cfg, slots, threads, ray, force, echo, title, poll_s) -> Non
                     if step.status == "running":
                         step.best = best_score(step.run)
                 show()
+        except BaseException:
+            stopping.set()  # Ctrl-C: the trainings waiting for their source start nothing either
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # after Ctrl-C: start nothing more
-        failed = [s.name for s in trains if s.status == "failed"]
+        failed = [s.name for s in trains if s.status in ("failed", "blocked")]
         if failed:
             block([INFER, ENSEMBLE], f"needs {', '.join(failed[:3])}{' ...' if len(failed) > 3 else ''}")
         if by_name[INFER].status == "queued":

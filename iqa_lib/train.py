@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 
 from . import data as D
 from .checkpoint import (KIT_FORMAT, CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text,
-                         check_writable, remove_stale_temp_files, safe_torch_load)
-from .config import Config, RunFiles, flatten, loss_terms
+                         check_writable, load_model_checkpoint, remove_stale_temp_files, safe_torch_load)
+from .config import Config, RunFiles, flatten, loss_terms, run_name
 from .crops import grid_size, random_crops, whole_image_view
 from .features import FeatureCache, views as feature_views
 from .folds import folds_for_table, recorded_split, split_fingerprint, stale_message, write_folds
@@ -300,13 +300,18 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
             f"{last_path} was written by a run with another model configuration. Delete "
             f"{run_dir} to start this run afresh, or rerun with the parameters it was started with."
         )
-    # Resuming replaces every weight, so the backbone need not be downloaded again.
-    pretrained = cfg.model.pretrained and state is None
-    if not pretrained and state is None and is_main:
+    # Resuming, or starting from another size's run, replaces every weight: no backbone download.
+    source = run_name(tp.init_from, cfg.fold) if state is None and tp.init_from else None
+    pretrained = cfg.model.pretrained and state is None and source is None
+    if not pretrained and state is None and source is None and is_main:
         print(f"{name}: WARNING the backbone starts from RANDOM weights (model.pretrained=false).")
     model = MANIQA(mcfg, pretrained=pretrained, weights_file=cfg.model.weights_file if pretrained else None)
     if state is not None:
         model.load_state_dict(state["model"])
+    elif source is not None:
+        model.load_other_size(_init_source(cfg, split, mcfg)["model"])
+        if is_main:
+            print(f"{name}: starting from the best checkpoint of {source} (train.init_from)")
     model.to(device)
     if tp.freeze_backbone or tp.freeze_blocks:
         model.freeze_backbone(None if tp.freeze_backbone else tp.freeze_blocks)
@@ -359,6 +364,8 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
             environment=environment_info(device), resumed_from_epoch=epoch if state else None,
             n_train=int(len(train_idx)), n_val=int(len(val_idx)), split=split,
         )
+        if state is None:
+            manifest["init_from"] = source  # the run whose weights it started from (train.init_from), or None
         atomic_write_json(manifest_path, manifest)
 
     batch_size, epochs, max_steps, patience, accum = tp.batch_size, tp.epochs, tp.max_steps, tp.patience, tp.grad_accum
@@ -509,6 +516,27 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
         if not tp.keep_last and files.checkpoint.is_file():  # after the manifest says completed
             last_path.unlink(missing_ok=True)
     trackers.finish(best)
+
+
+def _init_source(cfg: Config, split: str, mcfg: MANIQAConfig) -> dict:
+    """The best checkpoint of this fold's run at `train.init_from` px: completed, on today's split, and the
+    same model but for its input size."""
+    source, name = cfg.outputs.run(cfg.train.init_from, cfg.fold), cfg.run.name
+    if not source.completed:
+        raise RuntimeError(
+            f"{name}: train.init_from={cfg.train.init_from} starts this run from the best checkpoint of "
+            f"{source.name}, which has not completed ({source.dir}). Train it first (03_train with -p res "
+            f"{cfg.train.init_from} -p fold {cfg.fold}, or run_all over both sizes), or set train.init_from: null.")
+    if recorded_split(cfg.outputs, source.name) not in (None, split):
+        raise StaleRunError(stale_message([source.name], cfg.outputs))
+    ckpt = load_model_checkpoint(source.checkpoint)
+    held, want = ckpt["model_config"], mcfg.to_dict()
+    differ = sorted(k for k in want if k != "img_size" and held.get(k) != want[k])
+    if differ:
+        raise RuntimeError(f"{name}: train.init_from: {source.name} is another model ("
+                           + ", ".join(f"{k}: {held.get(k)!r} there, {want[k]!r} here" for k in differ[:4])
+                           + f"): give both sizes the same model.* values, or retrain {source.name}.")
+    return ckpt
 
 
 class HeadOnly(torch.nn.Module):

@@ -368,6 +368,12 @@ def test_relative_paths_are_taken_from_the_repository_root(tmp_path, monkeypatch
         (384, 0, "team", {"schedule.min_lr": 1.0}, r"schedule\.min_lr \(1\.0\) must not exceed schedule\.max_lr \(1e-05\)"),
         (384, 0, "team", {"model.load_size": 100}, r"model\.load_size \(100\) is smaller than model\.img_size \(384\): .*use load_size >= img_size"),
         (384, 0, "team", ["train.epochs", 3], r"overrides must be a dict such as \{'train\.epochs': 3\}, got list"),
+        (448, 0, "team", {"train.init_from": 448, "model.num_tab": 0}, r"train\.init_from = 448 \(from overrides\) must be an input size of profile 'team' smaller than res=448 \(its sizes: 384, 448, 640\), or null"),
+        (448, 0, "team", {"train.init_from": 640, "model.num_tab": 0}, r"train\.init_from = 640 .* smaller than res=448"),
+        (448, 0, "team", {"train.init_from": 224, "model.num_tab": 0}, r"train\.init_from = 224 .* must be an input size of profile 'team'"),
+        (448, 0, "team", {"train.init_from": 384}, r"train\.init_from: the 2 TAB pairs' weights are sized by the token count"),
+        (448, 0, "team", {"train.init_from": 384, "model.num_tab": 0, "train.freeze_backbone": True},
+         r"train\.init_from gives each fold a backbone of its own, but the feature cache .* set train\.feature_cache: false"),
     ],
 )
 def test_validation_messages(res, fold, profile, overrides, message):

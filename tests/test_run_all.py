@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -189,6 +190,52 @@ def test_failures_exit_nonzero_naming_run_notebook_log_and_parallel_cpu(grid, ca
     assert all(c["gpus"] == "" and c["omp"] == threads for c in trained), "CPU runs: no GPU, threads split"
     alone = [c for c in ran if c["step"] != "03_train"]
     assert alone and all(c["omp"] is None for c in alone), "01 and 02 run alone: every thread"
+
+
+def test_a_run_with_init_from_starts_after_its_source_and_is_blocked_when_it_fails(grid, tmp_path, monkeypatch):
+    import shutil
+    import yaml
+
+    params = tmp_path / "params"  # the demo profile, its 128 px runs starting from the 64 px runs of their fold
+    shutil.copytree(R.repo_root() / "params", params)
+    chain = yaml.safe_load((params / "demo.yaml").read_text())
+    chain["resolutions"][128]["train"]["init_from"] = 64
+    chain["model"]["num_tab"] = 0  # the TABs are sized by the token count
+    (params / "chain.yaml").write_text(yaml.safe_dump(chain))
+    monkeypatch.setenv("IQA_PARAMS_DIR", str(params))
+    events, real = [], R.run_notebook
+
+    def recorded(notebook, output, p, gpus=None, threads=None):
+        name = R.run_name(p["res"], p["fold"]) if "res" in p else Path(notebook).stem
+        events.append(("start", name))
+        if name == "64_fold0":
+            time.sleep(2)  # the slower source: 128_fold0 must wait for it, not for 64_fold1
+        try:
+            return real(notebook, output, p, gpus, threads)
+        finally:
+            events.append(("end", name))
+
+    monkeypatch.setattr(R, "run_notebook", recorded)
+    g = {**grid, "profile": "chain", "res": [64, 128], "folds": [0, 1]}
+    (Path(g["out_dir"])).mkdir()
+    (Path(g["out_dir"]) / "FAIL_64_fold1").touch()
+    stream = io.StringIO()
+    result = R.run_grid(**g, parallel=2, stream=stream)
+    text = stream.getvalue()
+    assert not result.ok, text
+    assert {s.name: s.status for s in result.steps} == {
+        "02_folds": "done", "64_fold0": "done", "64_fold1": "failed", "128_fold0": "done", "128_fold1": "blocked",
+        "04_infer": "blocked", "05_ensemble": "blocked"}
+    assert "BLOCKED 128_fold1: needs 64_fold1 (train.init_from)" in text
+    assert events.index(("end", "64_fold0")) < events.index(("start", "128_fold0"))
+    assert ("start", "128_fold1") not in events
+    assert {c["name"] for c in calls(g) if c["step"] == "03_train"} == {"64_fold0", "64_fold1", "128_fold0"}
+
+    # the 128 px size alone: its source is not part of this grid and has not completed, so nothing starts
+    n = len(calls(g))
+    alone = R.run_grid(**{**g, "res": [128], "folds": [1]}, stream=io.StringIO())
+    assert alone["128_fold1"].status == "blocked" and alone["128_fold1"].note == "needs 64_fold1 (train.init_from)"
+    assert [c["name"] for c in calls(g)[n:]] == []
 
 
 def test_ray_local_runs_trainings_and_inference_as_tasks(grid):

@@ -346,3 +346,34 @@ def test_fit_and_the_notebooks_resolve_one_mos_scale(tmp_path):
     assert pd.read_csv(cfg.run.oof)["mos"].max() > 10
     both = checkpoint_vs_oof(cfg, data)
     np.testing.assert_allclose(both["pred"], both["mos_y"], atol=1e-3)
+
+
+# -- progressive resizing (train.init_from) ----------------------------------------------------
+def test_init_from_starts_from_the_same_folds_smaller_run(exposure_data, tmp_path):
+    import torch.nn.functional as F
+
+    frozen = {"optim.lr": 0.0, "schedule.max_lr": 0.0, "schedule.min_lr": 0.0, "train.epochs": 1,  # weights stay
+              "model.num_tab": 0}  # the TABs are sized by the token count: a run of another size cannot share them
+    with pytest.raises(RuntimeError, match=r"128_fold0: train.init_from=64 starts this run from the best checkpoint "
+                                           r"of 64_fold0, which has not completed .* Train it first"):
+        fit(tiny_params(exposure_data, tmp_path, res=128, **{**frozen, "train.init_from": 64}), progress=False)
+    fit(tiny_params(exposure_data, tmp_path, res=64, **{"train.epochs": 2, "model.num_tab": 0}), progress=False)
+    with pytest.raises(RuntimeError, match=r"128_fold0: train.init_from: 64_fold0 is another model \(head_hidden: 64 "
+                                           r"there, 32 here\): give both sizes the same model\.\* values"):
+        fit(tiny_params(exposure_data, tmp_path, res=128, **{**frozen, "train.init_from": 64, "model.head_hidden": 32}),
+            progress=False)
+    big = fit(tiny_params(exposure_data, tmp_path, res=128, **{**frozen, "train.init_from": 64}), progress=False)
+    cold = fit(tiny_params(exposure_data, tmp_path / "cold", res=128, **frozen), progress=False)
+    src = safe_torch_load(tmp_path / "runs/64_fold0/64_fold0.ckpt")["model"]
+    got, fresh = safe_torch_load(big.checkpoint)["model"], safe_torch_load(cold.checkpoint)["model"]
+    assert json.loads((big.run_dir / "manifest.json").read_text())["init_from"] == "64_fold0"
+    weights = [k for k in src if k != "vit.pos_embed" and not k.endswith("attn_mask")]
+    assert all(torch.equal(got[k], src[k]) for k in weights), "every weight is the 64 px run's"
+    assert not all(torch.equal(fresh[k], src[k]) for k in weights), "without init_from they are not"
+    assert got["vit.pos_embed"].shape == (1, 1 + 8 * 8, 64)  # the 4 x 4 grid of 64 px resampled to 128 px's 8 x 8
+    assert torch.equal(got["vit.pos_embed"][:, :1], src["vit.pos_embed"][:, :1])  # the class token's, as it was
+    grid = src["vit.pos_embed"][:, 1:].reshape(1, 4, 4, 64).permute(0, 3, 1, 2)
+    resized = F.interpolate(grid, size=(8, 8), mode="bicubic", antialias=True).permute(0, 2, 3, 1).reshape(1, 64, 64)
+    torch.testing.assert_close(got["vit.pos_embed"][:, 1:], resized)
+    mask = "swintransformer1.layers.0.blocks.1.attn_mask"  # 128 px shifts its windows; 64 px is one window
+    assert mask in got and mask not in src
