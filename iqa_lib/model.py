@@ -253,7 +253,7 @@ class MANIQA(nn.Module):
         that does not fit."""
         own = self.state_dict()
         buffers = {name for name, _ in self.named_buffers()}
-        state = {k: v for k, v in state.items() if not (k in buffers and (k not in own or v.shape != own[k].shape))}
+        state = {k: v for k, v in state.items() if not (k in buffers and v.shape != own[k].shape)}
         pos = state.get("vit.pos_embed")
         if pos is not None and pos.shape != own["vit.pos_embed"].shape:
             prefix = 0 if getattr(self.vit, "no_embed_class", False) else self.vit.num_prefix_tokens
