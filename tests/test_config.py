@@ -112,6 +112,8 @@ def test_demo_and_cpu_profiles_override_the_recipe():
         assert not cpu.train.freeze_backbone and cpu.train.freeze_blocks == 0 and cpu.train.cpu_bf16
         assert cpu.optim.backbone_lr_scale == 0.1 and cpu.out_dir == str(REPO / "outputs" / "clive")
         assert cpu.train.epochs * 26 == cpu.schedule.first_cycle_steps  # one cycle over the run (26 steps an epoch)
+        # Progressive resizing: 112 px from the pretrained ViT, 168 px from 112 px, 224 px from 168 px.
+        assert cpu.train.init_from == {112: None, 168: 112, 224: 168}[res] and cpu.model.num_tab == 0
         assert model_config(cpu).grid == res // 14
 
 
