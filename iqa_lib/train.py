@@ -302,8 +302,9 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
         )
     # Resuming, or starting from another size's run, replaces every weight: no backbone download.
     source = run_name(tp.init_from, cfg.fold) if state is None and tp.init_from else None
-    pretrained = cfg.model.pretrained and state is None and source is None
-    if not pretrained and state is None and source is None and is_main:
+    fresh = state is None and source is None  # the weights come from the backbone's own source
+    pretrained = cfg.model.pretrained and fresh
+    if fresh and not pretrained and is_main:
         print(f"{name}: WARNING the backbone starts from RANDOM weights (model.pretrained=false).")
     model = MANIQA(mcfg, pretrained=pretrained, weights_file=cfg.model.weights_file if pretrained else None)
     if state is not None:
