@@ -9,8 +9,9 @@ install:
 
 # Two pytest-xdist workers with one torch thread each: most of the suite is single-threaded (kernel
 # starts, imports, papermill), so two at once halve it; two threads each would oversubscribe 2 cores.
+# --dist loadgroup keeps each xdist_group on one worker (the demo pipeline's tests: built once).
 test: install
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) -m pytest -q -n 2
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) -m pytest -q -n 2 --dist loadgroup
 
 demo: install
 	$(PYTHON) -m iqa_lib.run_all --profile demo

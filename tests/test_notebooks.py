@@ -192,6 +192,8 @@ def _execute(name: str, output: Path, parameters: dict, cwd: Path = ROOT):
     )
 
 
+# The tests of the demo pipeline share it (~100 s on a CI core). They form one xdist group, which
+# `make test` (--dist loadgroup) sends to one worker: the pipeline is built once, not once per worker.
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     from iqa_lib.datasets.demo import make_demo_data
@@ -230,6 +232,7 @@ def _outputs(nb, kind):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("pipeline")
 def test_pipeline_notebooks_show_their_figures(pipeline):
     expected_figures = {"01_eda": 5, "02_folds": 1, "05_ensemble": 2, **{f"03_train_{r}": 3 for r in RESOLUTIONS}}
     for label, n in expected_figures.items():
@@ -239,6 +242,7 @@ def test_pipeline_notebooks_show_their_figures(pipeline):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("pipeline")
 def test_pipeline_folds(pipeline):
     folds = pd.read_csv(pipeline.out / "folds.csv", dtype={"img_name": str})
     assert len(folds) == N_TRAIN and folds["img_name"].is_unique
@@ -247,6 +251,7 @@ def test_pipeline_folds(pipeline):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("pipeline")
 @pytest.mark.parametrize("res", RESOLUTIONS)
 def test_pipeline_runs(pipeline, res):
     run = pipeline.out / "runs" / f"{res}_fold{FOLD}"
@@ -261,6 +266,7 @@ def test_pipeline_runs(pipeline, res):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("pipeline")
 def test_pipeline_predictions(pipeline):
     test = pd.read_csv(pipeline.data / "test.csv", dtype={"img_name": str})
     files = sorted((pipeline.out / "preds").glob("*.csv"))
@@ -272,6 +278,7 @@ def test_pipeline_predictions(pipeline):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("pipeline")
 def test_pipeline_submission(pipeline):
     from iqa_lib.ensemble import ensemble, load_predictions, validate_submission
 
@@ -287,6 +294,7 @@ def test_pipeline_submission(pipeline):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("pipeline")
 def test_relative_paths_work_from_the_notebooks_folder(pipeline, tmp_path):
     """JupyterLab runs a notebook with cwd notebooks/: relative paths still start at the root."""
     rel = lambda p: os.path.relpath(p, ROOT)  # noqa: E731
