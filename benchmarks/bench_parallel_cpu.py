@@ -21,28 +21,17 @@ import time
 
 import torch
 
-from common import make_step, save, table
+from common import profile_step, save, table
 
 
 def worker(profile: str, res: int, threads: int, warmup: int, steps: int) -> None:
     """Time `steps` training steps in this process, on `threads` threads; print one JSON line."""
     torch.set_num_threads(threads)
     from iqa_lib.config import load_config
-    from iqa_lib.infer import autocast_dtype, model_config
-    from iqa_lib.model import MANIQA
-    from iqa_lib.train import param_groups
 
     cfg = load_config(profile, res)
     tp = cfg.train
-    torch.manual_seed(0)
-    model = MANIQA(model_config(cfg)).train()
-    if tp.freeze_backbone or tp.freeze_blocks:
-        model.freeze_backbone(None if tp.freeze_backbone else tp.freeze_blocks)
-    opt = torch.optim.Adam(param_groups(model, cfg.optim.backbone_lr_scale), lr=cfg.optim.lr, fused=True)
-    amp = autocast_dtype(tp.precision, torch.device("cpu"), tp.cpu_bf16)
-    side = cfg.model.img_size
-    x, y = torch.randn(tp.batch_size, 3, side, side), torch.rand(tp.batch_size)
-    step = make_step(model, opt, x, y, amp)
+    _, step, amp = profile_step(cfg)
     for _ in range(warmup):
         step()
     t = time.perf_counter()
@@ -50,7 +39,7 @@ def worker(profile: str, res: int, threads: int, warmup: int, steps: int) -> Non
         step()
     seconds = (time.perf_counter() - t) / steps
     print(json.dumps({"step_s": seconds, "images_per_s": tp.batch_size / seconds, "batch": tp.batch_size,
-                      "side": side, "bf16": amp is not None}), flush=True)
+                      "side": cfg.model.img_size, "bf16": amp is not None}), flush=True)
 
 
 def measure(args, res: int, processes: int) -> dict:

@@ -102,3 +102,23 @@ def make_step(forward, optimizer, x, y, amp_dtype):
         F.mse_loss(pred.float(), y).backward()
         optimizer.step()
     return step
+
+
+def profile_step(cfg):
+    """The trainer's training step for one run's parameters (`load_config(...)`), on the CPU with random
+    weights and a random batch: blocks frozen as the profile says, fused Adam over the trainer's
+    parameter groups, its autocast. Returns (model, step, autocast dtype or None)."""
+    from iqa_lib.infer import autocast_dtype, model_config
+    from iqa_lib.model import MANIQA
+    from iqa_lib.train import param_groups
+
+    tp = cfg.train
+    torch.manual_seed(0)
+    model = MANIQA(model_config(cfg)).train()
+    if tp.freeze_backbone or tp.freeze_blocks:
+        model.freeze_backbone(None if tp.freeze_backbone else tp.freeze_blocks)
+    opt = torch.optim.Adam(param_groups(model, cfg.optim.backbone_lr_scale), lr=cfg.optim.lr, fused=True)
+    amp = autocast_dtype(tp.precision, torch.device("cpu"), tp.cpu_bf16)
+    side = cfg.model.img_size
+    x, y = torch.randn(tp.batch_size, 3, side, side), torch.rand(tp.batch_size)
+    return model, make_step(model, opt, x, y, amp), amp

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import make_step, save, table
+from common import profile_step, save, table
 
 
 def count_flops(fn) -> int:
@@ -35,17 +35,8 @@ def count_flops(fn) -> int:
 
 def per_image(cfg, warmup: int, steps: int) -> dict:
     """FLOPs per training image and per evaluated crop, and their measured rates here."""
-    from iqa_lib.infer import autocast_dtype, model_config
-    from iqa_lib.model import MANIQA
-    from iqa_lib.train import param_groups
-
-    torch.manual_seed(0)
-    model = MANIQA(model_config(cfg)).train()
-    opt = torch.optim.Adam(param_groups(model, cfg.optim.backbone_lr_scale), lr=cfg.optim.lr)
-    amp = autocast_dtype(cfg.train.precision, torch.device("cpu"), cfg.train.cpu_bf16)
+    model, step, amp = profile_step(cfg)
     side, batch, val_batch = cfg.model.img_size, cfg.train.batch_size, cfg.train.val_batch_size
-    x, y = torch.randn(batch, 3, side, side), torch.rand(batch)
-    step = make_step(model, opt, x, y, amp)
     train_flops = count_flops(step) / batch
     x_val = torch.randn(val_batch, 3, side, side)
 
