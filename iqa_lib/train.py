@@ -476,14 +476,15 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                 if is_main and not np.any(preds):
                     print(f"{name}: WARNING every validation prediction is 0: the score head's final ReLU is dead "
                           + _dead_head_hint(tp.loss))
-                metrics = all_metrics(preds * mos_scale, truth)
+                scores = np.clip(preds * mos_scale, 0, mos_scale)  # as predict gives them, and oof.csv holds
+                metrics = all_metrics(scores, truth)
                 row.update(val_loss=float(np.mean((preds - truth / mos_scale) ** 2)), **metrics)
                 improved = metrics[VAL_METRIC] > best[VAL_METRIC]
                 if improved:
                     best = {"epoch": epoch, **metrics, "val_loss": row["val_loss"]}
                     if is_main:
                         save_best(eval_model, mcfg, cfg, epoch, metrics)
-                        oof = folds.iloc[val_idx][["img_name", "mos"]].assign(pred=np.clip(preds * mos_scale, 0, mos_scale))
+                        oof = folds.iloc[val_idx][["img_name", "mos"]].assign(pred=scores)
                         atomic_write_text(files.oof, oof.to_csv(index=False))
             row.update(timing)
             history.append(row)  # an epoch not validated (train.val_every) has no validation columns

@@ -57,6 +57,29 @@ def test_deterministic_runs_are_bit_identical(exposure_data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_validation_scores_the_clipped_predictions_that_oof_csv_holds(exposure_data, tmp_path, monkeypatch):
+    from iqa_lib import train
+    from iqa_lib.metrics import all_metrics
+
+    real = train.predict_indices
+
+    def overshooting(*args, **kwargs):  # some validation predictions past the top of the MOS scale
+        preds = real(*args, **kwargs)
+        return preds + np.linspace(0.0, 1.5, len(preds))
+
+    monkeypatch.setattr(train, "predict_indices", overshooting)
+    cfg = tiny_params(exposure_data, tmp_path, **{"train.epochs": 1})
+    result = fit(cfg, progress=False)
+    oof = pd.read_csv(cfg.run.oof)
+    assert oof["pred"].max() == cfg.mos_scale and oof["pred"].min() >= 0  # clipped, as predict clips
+    # metrics.csv, the manifest and the model selection score exactly these predictions
+    expected = all_metrics(oof["pred"].to_numpy(), oof["mos"].to_numpy())
+    row = pd.read_csv(cfg.run.metrics).iloc[0]
+    for key in ("plcc", "srcc"):
+        assert row[key] == pytest.approx(expected[key], abs=1e-6)
+        assert result.best[key] == pytest.approx(expected[key], abs=1e-6)
+
+
 def test_val_every_validates_every_nth_epoch_and_the_last(exposure_data, tmp_path):
     every = fit(tiny_params(exposure_data, tmp_path / "every", **{"train.epochs": 5}), progress=False)
     params = tiny_params(exposure_data, tmp_path / "sparse", **{"train.epochs": 5, "train.val_every": 2,
