@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
 import json
 import math
 import numbers
@@ -314,6 +315,15 @@ def read_json(path: str | os.PathLike) -> Any:
         return None
 
 
+def file_digest(path: str | os.PathLike) -> str:
+    """A short sha256 of a file's bytes: which checkpoint a run started from (train.init_from)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 class RunFiles:
     """The files of one run, `{out_dir}/runs/{res}_fold{k}/`."""
 
@@ -340,6 +350,16 @@ class RunFiles:
     def completed(self) -> bool:
         """Marked completed, with its checkpoint in place (`train.completed_result` also loads it)."""
         return self.read_manifest().get("status") == "completed" and self.checkpoint.is_file()
+
+    def retrained_source(self) -> str | None:
+        """The run this one started from (train.init_from), if it has completed again since with
+        another checkpoint: this run descends from weights that are gone. Else None."""
+        manifest = self.read_manifest()
+        name, digest = manifest.get("init_from"), manifest.get("init_from_checkpoint")
+        if not (name and digest):
+            return None
+        source = RunFiles(self.dir.parent, name)
+        return name if source.completed and file_digest(source.checkpoint) != digest else None
 
 
 class Outputs:

@@ -466,7 +466,9 @@ def _execute(steps, cfg, slots, threads, ray, force, echo, title, poll_s) -> Non
             elif step.name in stale:
                 step.status, step.note = "failed", "trained on another split: --force retrains it, or restore the data"
             elif step.run.completed:
-                step.status, step.note = "skipped", "completed earlier"
+                source = step.run.retrained_source()
+                step.status, step.note = "skipped", (f"completed earlier from an older {source} (--force retrains it)"
+                                                     if source else "completed earlier")
             elif step.run.last.is_file():
                 step.note = "resumes from last.pt"
             step.best = best_score(step.run)

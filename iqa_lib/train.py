@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from . import data as D
 from .checkpoint import (KIT_FORMAT, CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text,
                          check_writable, load_model_checkpoint, remove_stale_temp_files, safe_torch_load)
-from .config import Config, RunFiles, flatten, loss_terms, run_name
+from .config import Config, RunFiles, file_digest, flatten, loss_terms, run_name
 from .crops import grid_size, random_crops, whole_image_view
 from .features import FeatureCache, views as feature_views
 from .folds import folds_for_table, recorded_split, split_fingerprint, stale_message, write_folds
@@ -182,6 +182,10 @@ def fit(cfg: Config, *, progress: bool = True, force: bool = False) -> RunResult
                 if recorded_split(cfg.outputs, files.name) not in (None, split):
                     raise StaleRunError(stale_message([files.name], cfg.outputs))
                 print(f"{files.name}: already completed (best epoch {done.best_epoch}); pass force=True to retrain.")
+                source = files.retrained_source()
+                if source is not None:
+                    print(f"{files.name}: WARNING it started from {source} (train.init_from), which has been retrained "
+                          f"since: its results are kept. Pass force=True to retrain it from the new {source}.")
                 return done
         world = cfg.train.devices
         if world > 1:
@@ -302,6 +306,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
         )
     # Resuming, or starting from another size's run, replaces every weight: no backbone download.
     source = run_name(tp.init_from, cfg.fold) if state is None and tp.init_from else None
+    source_digest = None  # which checkpoint of `source` (config.file_digest)
     fresh = state is None and source is None  # the weights come from the backbone's own source
     pretrained = cfg.model.pretrained and fresh
     if fresh and not pretrained and is_main:
@@ -310,7 +315,8 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
     if state is not None:
         model.load_state_dict(state["model"])
     elif source is not None:
-        model.load_other_size(_init_source(cfg, split, mcfg)["model"])
+        weights, source_digest = _init_source(cfg, split, mcfg)
+        model.load_other_size(weights)
         if is_main:
             print(f"{name}: starting from the best checkpoint of {source} (train.init_from)")
     model.to(device)
@@ -365,8 +371,8 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
             environment=environment_info(device), resumed_from_epoch=epoch if state else None,
             n_train=int(len(train_idx)), n_val=int(len(val_idx)), split=split,
         )
-        if state is None:
-            manifest["init_from"] = source  # the run whose weights it started from (train.init_from), or None
+        if state is None:  # the run whose weights it started from (train.init_from) and which checkpoint, or None
+            manifest.update(init_from=source, init_from_checkpoint=source_digest)
         atomic_write_json(manifest_path, manifest)
 
     batch_size, epochs, max_steps, patience, accum = tp.batch_size, tp.epochs, tp.max_steps, tp.patience, tp.grad_accum
@@ -520,9 +526,9 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
     trackers.finish(best)
 
 
-def _init_source(cfg: Config, split: str, mcfg: MANIQAConfig) -> dict:
-    """The best checkpoint of this fold's run at `train.init_from` px: completed, on today's split, and the
-    same model but for its input size."""
+def _init_source(cfg: Config, split: str, mcfg: MANIQAConfig) -> tuple[dict, str]:
+    """The weights of the best checkpoint of this fold's run at `train.init_from` px (completed, on today's
+    split, the same model but for its input size) and the checkpoint's digest."""
     source, name = cfg.outputs.run(cfg.train.init_from, cfg.fold), cfg.run.name
     if not source.completed:
         raise RuntimeError(
@@ -531,6 +537,7 @@ def _init_source(cfg: Config, split: str, mcfg: MANIQAConfig) -> dict:
             f"{cfg.train.init_from} -p fold {cfg.fold}, or run_all over both sizes), or set train.init_from: null.")
     if recorded_split(cfg.outputs, source.name) not in (None, split):
         raise StaleRunError(stale_message([source.name], cfg.outputs))
+    digest = file_digest(source.checkpoint)  # before loading: a checkpoint replaced meanwhile reads as retrained
     ckpt = load_model_checkpoint(source.checkpoint)
     held, want = ckpt["model_config"], mcfg.to_dict()
     differ = sorted(k for k in want if k != "img_size" and held.get(k) != want[k])
@@ -538,7 +545,7 @@ def _init_source(cfg: Config, split: str, mcfg: MANIQAConfig) -> dict:
         raise RuntimeError(f"{name}: train.init_from: {source.name} is another model ("
                            + ", ".join(f"{k}: {held.get(k)!r} there, {want[k]!r} here" for k in differ[:4])
                            + f"): give both sizes the same model.* values, or retrain {source.name}.")
-    return ckpt
+    return ckpt["model"], digest
 
 
 class HeadOnly(torch.nn.Module):

@@ -167,6 +167,21 @@ def test_skip_completed_relaunch_interrupted_one_training_per_gpu(grid, monkeypa
     assert forced.ok and not (done.dir / "old_file").exists()
     assert [c["name"] for c in calls(g)[n:]] == ["64_fold0", "04_infer", "05_ensemble"]
 
+    # a run started from another one (train.init_from) that has been retrained since: kept, and the table says so
+    from iqa_lib.config import file_digest
+
+    older = out.root / "older.ckpt"
+    older.write_bytes(b"the weights 64_fold1 started from")
+    manifest = json.loads(interrupted.manifest.read_text())
+    interrupted.manifest.write_text(json.dumps({**manifest, "init_from": "64_fold0",
+                                                "init_from_checkpoint": file_digest(older)}))
+    n, stream = len(calls(g)), io.StringIO()
+    kept = R.run_grid(**g, stream=stream)
+    assert kept.ok and kept["64_fold1"].status == "skipped"
+    assert not [c for c in calls(g)[n:] if c["step"] == "03_train"], "nothing retrained unasked"
+    assert kept["64_fold1"].note == "completed earlier from an older 64_fold0 (--force retrains it)"
+    assert kept["64_fold1"].note in stream.getvalue() and kept["64_fold2"].note == "completed earlier"
+
 
 def test_failures_exit_nonzero_naming_run_notebook_log_and_parallel_cpu(grid, capsys, at_once):
     out = Outputs(Path(grid["out_dir"]))

@@ -400,3 +400,27 @@ def test_init_from_starts_from_the_same_folds_smaller_run(exposure_data, tmp_pat
     torch.testing.assert_close(got["vit.pos_embed"][:, 1:], resized)
     mask = "swintransformer1.layers.0.blocks.1.attn_mask"  # 128 px shifts its windows; 64 px is one window
     assert mask in got and mask not in src
+
+
+def test_a_run_started_from_a_source_retrained_since_is_kept_with_a_warning(exposure_data, tmp_path, capsys):
+    from iqa_lib.config import file_digest
+
+    same = {"train.epochs": 1, "model.num_tab": 0}
+    small = tiny_params(exposure_data, tmp_path, res=64, **same)
+    big = tiny_params(exposure_data, tmp_path, res=128, **same, **{"train.init_from": 64})
+    fit(small, progress=False)
+    first = fit(big, progress=False)
+    assert json.loads(big.run.manifest.read_text())["init_from_checkpoint"] == file_digest(small.run.checkpoint)
+    capsys.readouterr()
+    assert big.run.retrained_source() is None and "WARNING" not in (fit(big, progress=False), capsys.readouterr().out)[1]
+
+    fit(tiny_params(exposure_data, tmp_path, res=64, **same, seed=7), progress=False, force=True)  # other weights
+    stamp = first.checkpoint.stat().st_mtime_ns
+    again = fit(big, progress=False)
+    out = capsys.readouterr().out
+    assert big.run.retrained_source() == "64_fold0"
+    assert "128_fold0: WARNING it started from 64_fold0 (train.init_from), which has been retrained since" in out
+    assert again.status == "completed" and first.checkpoint.stat().st_mtime_ns == stamp  # kept, not retrained
+    fit(big, progress=False, force=True)  # from the new 64_fold0
+    assert big.run.retrained_source() is None
+    assert json.loads(big.run.manifest.read_text())["init_from_checkpoint"] == file_digest(small.run.checkpoint)
