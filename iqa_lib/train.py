@@ -13,7 +13,7 @@
 With `train.logger` the run is also logged to TensorBoard, W&B or MLflow (iqa_lib/trackers.py).
 
 Rerunning the same call resumes from `last.pt`; a run whose manifest says `completed`
-returns at once. Every file is written atomically (temp file + rename).
+returns at once. Every output file is written atomically (temp file + rename).
 """
 import math
 import os
@@ -307,9 +307,9 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
     # Resuming, or starting from another size's run, replaces every weight: no backbone download.
     source = run_name(tp.init_from, cfg.fold) if state is None and tp.init_from else None
     source_digest = None  # which checkpoint of `source` (config.file_digest)
-    fresh = state is None and source is None  # the weights come from the backbone's own source
-    pretrained = cfg.model.pretrained and fresh
-    if fresh and not pretrained and is_main:
+    from_backbone = state is None and source is None  # the weights come from the backbone's own source
+    pretrained = cfg.model.pretrained and from_backbone
+    if from_backbone and not pretrained and is_main:
         print(f"{name}: WARNING the backbone starts from RANDOM weights (model.pretrained=false).")
     model = MANIQA(mcfg, pretrained=pretrained, weights_file=cfg.model.weights_file if pretrained else None)
     if state is not None:
@@ -471,7 +471,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                       "train_images_per_s": seen / max(train_seconds, 1e-9)}
             validate = (epoch + 1) % tp.val_every == 0 or epoch + 1 == epochs or stop_reason is not None
             improved = False
-            if validate:  # every rank predicts its share; all get every prediction
+            if validate:  # every rank predicts its share, all get every prediction (the cache: each predicts all)
                 if cache is not None:
                     preds = cache.predict(eval_model, val_idx, device, amp_dtype, batch_size=tp.val_batch_size)
                 else:
@@ -571,8 +571,8 @@ def param_groups(model: MANIQA, backbone_lr_scale: float) -> list[dict]:
 def _check_finite(loss_sum: torch.Tensor, name: str, epoch: int, step: int) -> None:
     if not torch.isfinite(loss_sum).item():
         raise DivergenceError(
-            f"{name}: the training loss became NaN/inf at epoch {epoch}, step {step}. Nothing from this "
-            f"epoch was saved; the best checkpoint and last.pt are from before it. Lower optim.lr / "
+            f"{name}: the training loss became NaN/inf at epoch {epoch}, step {step}. Nothing trained since "
+            f"was saved; the best checkpoint and last.pt are from before it. Lower optim.lr / "
             f"schedule.max_lr, or use train.precision=fp32, then rerun (it resumes from last.pt)."
         )
 

@@ -410,7 +410,8 @@ def test_a_run_started_from_a_source_retrained_since_is_kept_with_a_warning(expo
     big = tiny_params(exposure_data, tmp_path, res=128, **same, **{"train.init_from": 64})
     fit(small, progress=False)
     first = fit(big, progress=False)
-    assert json.loads(big.run.manifest.read_text())["init_from_checkpoint"] == file_digest(small.run.checkpoint)
+    before = json.loads(big.run.manifest.read_text())
+    assert before["init_from_checkpoint"] == file_digest(small.run.checkpoint)
     capsys.readouterr()
     assert big.run.retrained_source() is None and "WARNING" not in (fit(big, progress=False), capsys.readouterr().out)[1]
 
@@ -421,6 +422,7 @@ def test_a_run_started_from_a_source_retrained_since_is_kept_with_a_warning(expo
     assert big.run.retrained_source() == "64_fold0"
     assert "128_fold0: WARNING it started from 64_fold0 (train.init_from), which has been retrained since" in out
     assert again.status == "completed" and first.checkpoint.stat().st_mtime_ns == stamp  # kept, not retrained
-    fit(big, progress=False, force=True)  # from the new 64_fold0
-    assert big.run.retrained_source() is None
-    assert json.loads(big.run.manifest.read_text())["init_from_checkpoint"] == file_digest(small.run.checkpoint)
+    fit(big, progress=False, force=True)  # from the new 64_fold0, with a manifest of its own
+    after = json.loads(big.run.manifest.read_text())
+    assert big.run.retrained_source() is None and after["init_from_checkpoint"] == file_digest(small.run.checkpoint)
+    assert after["started"] > before["ended"], "a forced run starts a new manifest, not the old run's"
