@@ -3,7 +3,7 @@ and `predict(checkpoint, data_dir)` for a test set.
 
     predict_indices(model, dataset, indices, ...)   scores on the 0-1 target scale, in order;
                                                     crops grid and flip TTA averaged; DDP shares
-    load_model(checkpoint)                           the MANIQA a kit checkpoint holds
+    load_model(checkpoint)                           (the MANIQA a kit checkpoint holds, in eval mode; the checkpoint)
     predict(checkpoint, data_dir, "test.csv")        img_name, mos: on the checkpoint's MOS scale
 
 Training (`iqa_lib.train`) validates with `predict_indices`; nothing here imports the trainer.
@@ -130,7 +130,8 @@ def predict_indices(model, dataset, indices, device, amp_dtype, batch_size=32, n
 
 
 def load_model(checkpoint: str | Path, expect: MANIQAConfig | None = None) -> tuple[MANIQA, dict]:
-    """The model a kit checkpoint holds (no download: every weight comes from the file)."""
+    """(model in eval mode, checkpoint dict) of a kit checkpoint (no download: every weight comes from the
+    file); the dict's `input` and `cpu_bf16` are filled in for checkpoints written before they were recorded."""
     ckpt = load_model_checkpoint(checkpoint, expect=expect.to_dict() if expect else None)
     # Defaults for checkpoints written before these records: fp32 on a CPU, whole images.
     ckpt.setdefault("cpu_bf16", False)

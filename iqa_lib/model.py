@@ -267,7 +267,7 @@ class MANIQA(nn.Module):
         self.load_state_dict(state, strict=False)
         return self
 
-    # -- the shared middle: TABs and Swin stages on (B, 4D, N) ----------------------------------
+    # -- the shared middle: TABs and Swin stages on (B, len(feature_blocks) * D, N) -------------
     def _stages(self, x: torch.Tensor, fused: bool) -> torch.Tensor:
         g = self.cfg.grid
         for tab in self.tablock1:

@@ -38,7 +38,7 @@ class CosineAnnealingWarmupRestarts(LRScheduler):
         first_cycle_steps: length of the first cycle, in steps.
         cycle_mult: growth factor of the post-warm-up part of each new cycle.
         max_lr: peak learning rate of the first cycle.
-        min_lr: learning rate at the start and end of every cycle.
+        min_lr: the floor: the rate at the start of every cycle with a warm-up, and the one the cosine decays to.
         warmup_steps: linear warm-up length at the start of every cycle.
         gamma: the peak of cycle ``c`` is ``max_lr * gamma ** c``.
         last_epoch: index of the last step taken; -1 for a fresh start. As

@@ -1,6 +1,6 @@
 """The Swin stage of MANIQA (SPEC §3), with the official module and state-dict names.
 
-Every module takes `fused`: True uses `scaled_dot_product_attention` (the fast path),
+Every module with attention takes `fused`: True uses `scaled_dot_product_attention` (the fast path),
 False spells the attention out like the official code (the reference path). Both give
 the same numbers up to float rounding.
 """
