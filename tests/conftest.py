@@ -20,7 +20,9 @@ def checkpoint_vs_oof(cfg, data_dir: Path, **predict_kwargs) -> pd.DataFrame:
     val = oof[["img_name"]].assign(img_path=[f"./train/{n}.jpg" for n in oof.img_name])
     val.to_csv(data_dir / "val_only.csv", index=False)
     pred = predict(cfg.run.checkpoint, data_dir, "val_only.csv", device="cpu", progress=False, **predict_kwargs)
-    return oof.merge(pred, on="img_name")
+    both = oof.merge(pred, on="img_name", validate="one_to_one")
+    assert len(both) == len(oof) > 0, "every validation image, scored once"
+    return both
 
 
 def make_exposure_data(root: Path, n_train=100, n_test=12, seed=0) -> Path:

@@ -55,10 +55,12 @@ def test_grid_crops_cover_the_image():
     x = torch.rand(2, 3, 13, 13)
     crops = grid_crops(x, 5, 3)
     assert len(crops) == 9 and all(c.shape == (2, 3, 5, 5) for c in crops)
+    assert grid_offsets(13, 5, 3) == [0, 4, 8]  # first at 0, last flush with the far edge
+    places = [(i, j) for i in (0, 4, 8) for j in (0, 4, 8)]
+    assert all(torch.equal(c, x[..., i:i + 5, j:j + 5]) for c, (i, j) in zip(crops, places)), "row by row"
     covered = torch.zeros(13, 13, dtype=torch.bool)
-    for i in grid_offsets(13, 5, 3):
-        for j in grid_offsets(13, 5, 3):
-            covered[i:i + 5, j:j + 5] = True
+    for i, j in places:
+        covered[i:i + 5, j:j + 5] = True
     assert covered.all()
     with pytest.raises(ValueError, match="crop_grid must be >= 1"):
         grid_offsets(13, 5, 0)

@@ -298,6 +298,8 @@ def test_ema_weights_are_what_is_validated_and_saved(exposure_data, tmp_path):
     assert torch.equal(best["conv1.weight"], ema["module.conv1.weight"])
     assert not torch.equal(best["conv1.weight"], raw["conv1.weight"])
     load_model(cfg.run.checkpoint)  # a normal checkpoint
+    both = checkpoint_vs_oof(cfg, exposure_data)  # validation (oof.csv) scored the EMA weights it saved, in fp32
+    np.testing.assert_allclose(both["pred"], both["mos_y"], rtol=0, atol=1e-4)
 
 
 def test_the_backbone_learning_rate_is_scaled(exposure_data, tmp_path):
@@ -315,6 +317,11 @@ def test_the_backbone_learning_rate_is_scaled(exposure_data, tmp_path):
         sched.step()
     head_lr, vit_lr = (g["lr"] for g in opt.param_groups)
     assert head_lr > 0 and vit_lr == pytest.approx(0.1 * head_lr)
+    # and fit passes optim.backbone_lr_scale to its optimiser
+    run = tiny_params(exposure_data, tmp_path / "fit", **{"optim.backbone_lr_scale": 0.1, "train.epochs": 1})
+    fit(run, progress=False)
+    head, vit = safe_torch_load(run.run.last)["optimizer"]["param_groups"]
+    assert head["lr"] > 0 and vit["lr"] == pytest.approx(0.1 * head["lr"]) and vit["lr_scale"] == 0.1
 
 
 def test_the_cpu_profile_without_its_weights_file_stops_saying_what_to_pass(exposure_data, tmp_path):

@@ -163,8 +163,16 @@ def test_train_mode_backprops_into_the_used_blocks_only():
     x = torch.randn(2, 3, 384, 384)
     out = model(x)
     out.sum().backward()
-    assert model.tablock1[0].c_q.weight.grad is not None
-    assert model.vit.blocks[11].mlp.fc1.weight.grad is None  # blocks 10-11 get no gradient
+    assert tuple(model.cfg.feature_blocks) == (6, 7, 8, 9) and len(model.vit.blocks) == 12
+    for i, block in enumerate(model.vit.blocks):  # blocks 0-9 feed the head, 10-11 are never run
+        grads = [p.grad for p in block.parameters()]
+        if i <= 9:
+            assert all(g is not None for g in grads), f"block {i} feeds the head"
+        else:
+            assert all(g is None for g in grads), f"block {i} is never run"
+    unused = {id(p) for p in model.unused_parameters()}
+    assert all(p.grad is not None for p in model.parameters() if id(p) not in unused and p.requires_grad)
+    assert all(p.grad is None for p in model.unused_parameters())
 
 
 @pytest.mark.slow
