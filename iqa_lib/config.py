@@ -27,6 +27,7 @@ import json
 import math
 import numbers
 import os
+import shutil
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Optional, get_args
 
@@ -79,6 +80,7 @@ def _path_text(value: Any) -> Any:
 Int = Annotated[int, BeforeValidator(_not_bool)]
 Count = Annotated[int, BeforeValidator(_not_bool), Field(gt=0)]
 Rate = Annotated[float, BeforeValidator(_not_bool), Field(ge=0)]
+Probability = Annotated[float, BeforeValidator(_not_bool), Field(ge=0, le=1)]
 PathText = Annotated[str, BeforeValidator(_path_text)]
 
 
@@ -160,9 +162,9 @@ class ModelParams(Section):
     crop_grid: Count
     backbone: str
     head_hidden: Count
-    head_dropout: Rate
-    drop_rate: Rate
-    drop_path_rate: Rate
+    head_dropout: Probability
+    drop_rate: Probability
+    drop_path_rate: Probability
     vit_kwargs: dict[str, Any]
     patch_size: Optional[Count]
     embed_dim: Optional[Count]
@@ -184,7 +186,7 @@ class ScheduleParams(Section):
     max_lr: Rate
     min_lr: Rate
     warmup_steps: Annotated[Int, Field(ge=0)]
-    gamma: Rate
+    gamma: Annotated[float, BeforeValidator(_not_bool), Field(gt=0)]
 
     @model_validator(mode="after")
     def _fits(self):
@@ -337,6 +339,7 @@ class RunFiles:
         self.manifest = self.dir / "manifest.json"  # config, environment, status, best metrics
         self.notebook = self.dir / "03_train.ipynb"  # the executed training notebook
         self.lock = self.dir / ".lock"  # held while a process trains the run (iqa_lib.lock)
+        self.aside = Path(runs_dir).parent / "replaced" / name  # a forced retrain's predecessor, until it completes
 
     def __repr__(self) -> str:
         return f"RunFiles({self.dir})"
@@ -350,6 +353,27 @@ class RunFiles:
     def completed(self) -> bool:
         """Marked completed, with its checkpoint in place (`train.completed_result` also loads it)."""
         return self.read_manifest().get("status") == "completed" and self.checkpoint.is_file()
+
+    def set_aside(self, keep: tuple[str, ...] = ()) -> Path | None:
+        """Before a forced retrain: move the run's files (but its lock and the names in `keep`) to `aside`,
+        where they stay until the new run completes, so a retrain that fails loses nothing. When `aside`
+        already holds an earlier run (a forced retrain that did not complete), that one is kept and the
+        files of the failed retrain are deleted. Returns `aside`, or None when the run had no files."""
+        keep = {self.lock.name, self.lock.name + ".json", *keep}
+        entries = [p for p in self.dir.iterdir() if p.name not in keep] if self.dir.is_dir() else []
+        if not entries and not self.aside.is_dir():
+            return None
+        earlier = self.aside.is_dir()
+        if not earlier:
+            self.aside.mkdir(parents=True)
+        for p in entries:
+            if not earlier:
+                os.replace(p, self.aside / p.name)
+            elif p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        return self.aside
 
     def retrained_source(self) -> str | None:
         """The run this one started from (train.init_from), if it has completed again since with
@@ -375,6 +399,7 @@ class Outputs:
         self.submission = self.root / "submission.csv"  # 05_ensemble
         self.submission_runs = self.root / "submission.runs.json"  # the runs the submission combines
         self.submission_prev = self.root / "submission.prev.csv"  # kept when a new one combines fewer runs
+        self.submission_prev_runs = self.root / "submission.prev.runs.json"  # the runs that one combines
         self.eda = self.root / "eda"  # 01_eda's figures
         self.tensorboard = self.root / "tensorboard"  # train.logger=tensorboard: one event folder per run name
         self.wandb = self.root / "wandb"  # train.logger=wandb: its offline/online run folders (unless $WANDB_DIR is set)

@@ -116,7 +116,10 @@ def ensemble(pred_table: pd.DataFrame, method: str = "iqr", weights: Any = None)
 def _read_csv(path: PathLike, columns: Sequence[str] = ()) -> pd.DataFrame:
     """A CSV with image names kept verbatim ("0012", "NA" stay strings). Each of `columns` must
     be there; those other than img_name are read as floats (an empty cell is NaN)."""
-    df = pd.read_csv(path, dtype={"img_name": str}, keep_default_na=False)
+    try:
+        df = pd.read_csv(path, dtype={"img_name": str}, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
+        raise ValueError(f"{path}: not a readable CSV ({err}): rewrite it with the step that made it") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; columns present: {list(df.columns)}")
@@ -175,7 +178,7 @@ def load_predictions(paths_or_dict: Sequence[PathLike] | Mapping[str, PathLike] 
 def write_submission(img_names_in_test_order: Sequence[str], mos: Any, path: PathLike,
                      comments: str | Sequence[str] = "") -> None:
     """Write img_name,mos,comments rows in test order, atomically (a temporary file renamed over
-    `path`: an interrupted run never leaves half a submission).
+    `path`: an interrupted run never leaves half a submission), once `validate_submission` passes.
 
     `mos`: one value per image. A Series with a non-default index (such as ensemble()'s, indexed
     by img_name) is aligned by name; anything else is taken in the given order.
@@ -194,6 +197,10 @@ def write_submission(img_names_in_test_order: Sequence[str], mos: Any, path: Pat
         if len(values) != len(names):
             raise ValueError(f"got {len(values)} mos values for {len(names)} test images")
     sub = pd.DataFrame({"img_name": names, "mos": values, "comments": comments})
+    try:  # checked before writing: an invalid submission never replaces the one in place
+        validate_submission(sub, pd.DataFrame({"img_name": names}))
+    except ValueError as e:
+        raise ValueError(f"{e}\nNothing was written ({path} is as it was).") from None
     atomic_write_text(path, sub.to_csv(index=False))
 
 
@@ -201,12 +208,19 @@ def save_submission(outputs: Outputs, img_names_in_test_order: Sequence[str], mo
                     runs: Sequence[str]) -> Path:
     """write_submission to outputs.submission, recording which runs it combines. When the
     submission in place combined more runs (or is of unknown make), it is kept first as
-    submission.prev.csv: a grid that lost some predictions never silently replaces a fuller one."""
+    submission.prev.csv, unless that file already holds one of at least as many runs: a grid that
+    lost some predictions never silently replaces a fuller one."""
     old = read_json(outputs.submission_runs)  # None: no record, or an unreadable one
     if outputs.submission.is_file() and (old is None or len(runs) < len(old)):
-        atomic_write_text(outputs.submission_prev, outputs.submission.read_text())
-        print(f"kept the previous submission ({len(old) if old else 'an unknown number of'} runs) as "
-              f"{outputs.submission_prev}: this one combines {len(runs)}.")
+        kept = read_json(outputs.submission_prev_runs) if outputs.submission_prev.is_file() else None
+        if kept is not None and old is not None and len(kept) >= len(old):
+            print(f"{outputs.submission_prev} ({len(kept)} runs) stays the previous submission: this one combines "
+                  f"{len(runs)}, the one it replaces {len(old)}.")
+        else:
+            atomic_write_text(outputs.submission_prev, outputs.submission.read_text())
+            atomic_write_text(outputs.submission_prev_runs, json.dumps(old and sorted(old)) + "\n")
+            print(f"kept the previous submission ({len(old) if old else 'an unknown number of'} runs) as "
+                  f"{outputs.submission_prev}: this one combines {len(runs)}.")
     write_submission(img_names_in_test_order, mos, outputs.submission)
     atomic_write_text(outputs.submission_runs, json.dumps(sorted(runs)) + "\n")
     return outputs.submission

@@ -86,7 +86,8 @@ def make_folds(
 
     images = df.drop_duplicates(subset=name_col, keep="first").drop(columns="comments", errors="ignore")
     if n_folds > len(images):
-        raise ValueError(f"n_folds={n_folds} exceeds the number of unique images ({len(images)})")
+        raise ValueError(f"n_folds={n_folds} exceeds the number of unique images ({len(images)}): lower n_folds "
+                         f"(-p n_folds), or add images")
 
     # (MOS, name) is unique after de-duplication, so this order is total and reproducible.
     images = images.sort_values([mos_col, name_col], ascending=[False, True], kind="stable")
@@ -121,7 +122,7 @@ def _group_folds(images: pd.DataFrame, n_folds: int, mos_col: str, group_col: st
     if n_folds > len(stats):
         raise ValueError(
             f"n_folds={n_folds} exceeds the number of groups in {group_col!r} ({len(stats)}): "
-            f"whole groups go to one fold, so every fold needs at least one group"
+            f"whole groups go to one fold, so every fold needs at least one group: lower n_folds (-p n_folds)"
         )
     stats["name"] = stats.index
     stats = stats.sort_values(["mean", "name"], ascending=[False, True], kind="stable")

@@ -135,7 +135,12 @@ def load_model(checkpoint: str | Path, expect: MANIQAConfig | None = None) -> tu
     ckpt = load_model_checkpoint(checkpoint, expect=expect.to_dict() if expect else None)
     # Defaults for checkpoints written before these records: fp32 on a CPU, whole images.
     ckpt.setdefault("cpu_bf16", False)
-    model = MANIQA(MANIQAConfig.from_dict(ckpt["model_config"]), pretrained=False)
+    try:
+        mcfg = MANIQAConfig.from_dict(ckpt["model_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"'{checkpoint}': its model_config is not one this version of iqa_lib builds ({e}): score "
+                              f"it with the version that wrote it, or retrain the run") from None
+    model = MANIQA(mcfg, pretrained=False)
     ckpt["input"] = ckpt.get("input") or whole_image_view(model.cfg.img_size)
     try:
         model.load_state_dict(ckpt["model"], strict=True)
@@ -171,6 +176,9 @@ def predict(
     of these images are stored there once (iqa_lib.features, keyed by the backbone's weights), so
     the folds of one input size share them and each run then costs its head only.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number of at least 1 (04_infer: -p batch_size; the params: "
+                         f"infer.batch_size), got {batch_size!r}")
     model, ckpt = load_model(checkpoint, expect)
     dev = pick_device(device)
     model.to(dev)

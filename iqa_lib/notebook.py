@@ -195,7 +195,16 @@ def prediction_files(cfg: Config, resolutions: Sequence[int], runs: str = "all")
         if missing:
             raise ParameterError(f"runs={runs!r}: no predictions {', '.join(missing)} in {out.preds}: {how}.")
     else:
-        files = sorted(out.preds.glob("*.csv"))
+        files, others = [], []
+        for f in sorted(out.preds.glob("*.csv")):
+            try:
+                parse_run_name(f.stem)
+                files.append(f)
+            except ValueError:
+                others.append(f.name)
+        if others:
+            print(f"WARNING: {len(others)} file(s) in {out.preds} are not named {{res}}_fold{{k}}.csv and are left out "
+                  f"of the ensemble: {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}.")
         if not files:
             raise ParameterError(f"no prediction files in {out.preds}: {how}.")
         trained = [run_name(r, k) for r in resolutions for k in range(cfg.n_folds) if out.run(r, k).checkpoint.is_file()]

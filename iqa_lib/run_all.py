@@ -12,8 +12,8 @@ Each step executes a notebook with papermill in a child process, its log beside 
 Rerun the same command to continue: a run whose manifest says completed and whose checkpoint
 exists is skipped; any other run is launched again (training resumes itself from last.pt).
 01, 02, 04 and 05 are skipped when their executed notebook finished, with the same parameters,
-after everything it reads last changed (04 after the checkpoints). ``--force`` deletes the
-selected runs' folders and trains them afresh.
+after everything it reads last changed (04 after the checkpoints). ``--force`` retrains the
+selected runs afresh; each run's files wait in ``replaced/{res}_fold{k}/`` until its new run completes.
 
 Trainings run one per GPU (``--gpus 0,2``; default: every visible GPU), else one at a time on
 the CPU, or ``--parallel N`` with the CPU threads split between them. ``--ray ADDRESS`` (or
@@ -31,7 +31,6 @@ import os
 import queue
 import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -288,7 +287,11 @@ def folds_current(cfg) -> bool:
         table = load_table(cfg.data_dir, "train.csv", mos_scale=cfg.mos_scale, check_images="none", progress=False)
     except DataError:
         return False  # 02_folds runs and reports the problems
-    return split_fingerprint(folds_for_table(table, n_folds=cfg.n_folds)) == current_split(cfg.outputs)
+    try:
+        folds = folds_for_table(table, n_folds=cfg.n_folds)
+    except ValueError:  # e.g. fewer images or groups than folds: 02_folds runs and says so
+        return False
+    return split_fingerprint(folds) == current_split(cfg.outputs)
 
 
 def last_error_line(log: Path) -> str:
@@ -342,6 +345,12 @@ def run_grid(profile=DEFAULT_PROFILE, res=None, folds=None, data_dir=None, out_d
         threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
     title = f"run_all {cfg.profile} -> {cfg.out_dir}"
     command = f"{Path(sys.executable).name} {shlex.join(sys.argv)}"
+    from .checkpoint import check_writable  # torch comes with it: after the argument checks
+
+    try:
+        check_writable(cfg.out_dir, "out_dir", "pass --out-dir a folder you can write to")
+    except OSError as e:
+        raise ConfigError(e.strerror) from None
 
     with hold(cfg.outputs.lock, f"the grid in {cfg.out_dir}", command=command, echo=echo):
         data = Path(cfg.data_dir)
@@ -461,8 +470,12 @@ def _execute(steps, cfg, slots, threads, ray, force, echo, title, poll_s) -> Non
         for step in trains:
             if step.status != "queued":
                 continue
-            if force:
-                shutil.rmtree(step.run.dir, ignore_errors=True)
+            if force:  # its files wait in replaced/ until the new run completes (fit deletes them then)
+                try:
+                    with hold(step.run.lock, f"run {step.name}"):
+                        step.run.set_aside()
+                except LockHeldError as e:
+                    step.status, step.note = "failed", f"not retrained: {e}"
             elif step.name in stale:
                 step.status, step.note = "failed", "trained on another split: --force retrains it, or restore the data"
             elif step.run.completed:
@@ -526,11 +539,15 @@ def where_to_look(cfg) -> str:
 
         from .metrics import plcc, srcc
 
-        both = pd.read_csv(out.submission, dtype={"img_name": str}).merge(
-            pd.read_csv(labels, dtype={"img_name": str}).drop_duplicates("img_name"), on="img_name",
-            suffixes=("", "_true"))
-        lines.append(f"scored on {labels} ({len(both)} images): PLCC {plcc(both['mos'], both['mos_true']):.3f}, "
-                     f"SRCC {srcc(both['mos'], both['mos_true']):.3f}")
+        try:  # a grid that ended well ends well: a label file it cannot use is named, not raised
+            both = pd.read_csv(out.submission, dtype={"img_name": str}).merge(
+                pd.read_csv(labels, dtype={"img_name": str}).drop_duplicates("img_name"), on="img_name",
+                suffixes=("", "_true"))
+            lines.append(f"scored on {labels} ({len(both)} images): PLCC {plcc(both['mos'], both['mos_true']):.3f}, "
+                         f"SRCC {srcc(both['mos'], both['mos_true']):.3f}")
+        except (KeyError, ValueError, TypeError) as e:
+            lines.append(f"not scored on {labels}: it needs img_name and mos columns matching the submission "
+                         f"({type(e).__name__}: {e})")
     lines.append(f"plots: the executed notebooks in {out.notebooks} (01_eda, 02_folds, 04_infer, 05_ensemble) "
                  f"and {out.runs}/*/03_train.ipynb (learning curves); open them in JupyterLab")
     return "\n".join(lines)
@@ -552,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", default="auto", help="GPU ids, e.g. 0,2 (default: every visible GPU), or cpu")
     p.add_argument("--parallel", type=int, default=1, help="without GPUs: trainings at once on the CPU")
     p.add_argument("--ray", metavar="ADDRESS", help=f"a Ray cluster ('auto', host:6379) or 'local' ({RAY_HINT})")
-    p.add_argument("--force", action="store_true", help="delete the selected runs and retrain them")
+    p.add_argument("--force", action="store_true", help="retrain the selected runs from scratch (their files wait in OUT_DIR/replaced/ until the new runs complete)")
     p.add_argument("--skip-eda", action="store_true", help="leave out 01_eda")
     p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="a 03_train parameter, e.g. -p epochs 3 -p precision fp32 (repeatable)")

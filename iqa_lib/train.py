@@ -17,6 +17,7 @@ returns at once. Every output file is written atomically (temp file + rename).
 """
 import math
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -118,7 +119,12 @@ def load_folds(cfg: Config) -> pd.DataFrame:
         folds = folds_for_table(table, n_folds=cfg.n_folds)
         write_folds(folds, cfg.out_dir)
         return folds.reset_index(drop=True)
-    saved = pd.read_csv(folds_csv, dtype={"img_name": str})
+    try:
+        saved = pd.read_csv(folds_csv, dtype={"img_name": str})
+        saved["mos"] = pd.to_numeric(saved["mos"])
+    except (ValueError, KeyError) as e:  # empty, garbled or hand-edited
+        raise ValueError(f"{folds_csv} is not a readable split ({type(e).__name__}: {e}): rerun "
+                         f"notebooks/02_folds.ipynb (or delete {folds_csv}) to rebuild the folds.") from None
     same = ({"img_name", "fold", "mos"} <= set(saved) and len(saved) == len(images)
             and set(saved["img_name"]) == set(images["img_name"])
             and sorted(saved["fold"].unique()) == list(range(cfg.n_folds))
@@ -187,6 +193,10 @@ def fit(cfg: Config, *, progress: bool = True, force: bool = False) -> RunResult
                     print(f"{files.name}: WARNING it started from {source} (train.init_from), which has been retrained "
                           f"since: its results are kept. Pass force=True to retrain it from the new {source}.")
                 return done
+        # (not the executed notebook and its log: a papermill calling fit(force=True) is writing them)
+        if force and files.set_aside(keep=(files.notebook.name, files.notebook.with_suffix(".log").name)):
+            print(f"{files.name}: retraining from scratch; the previous files stay in {files.aside} until the new "
+                  f"run completes (move them back to {files.dir} to keep the old run instead).")
         world = cfg.train.devices
         if world > 1:
             port = _free_port()
@@ -280,16 +290,16 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
 
     # -- state -----------------------------------------------------------------------------
     last_path = files.last
-    # fresh (force=True): start over; the old files stay until the new run replaces each of them.
+    # fresh: start over (force=True, the run's files set aside by fit; or another seed, below).
     state = None
     if last_path.is_file() and not fresh:
         try:
             state = safe_torch_load(last_path, "resume state")
         except CheckpointError as e:
             raise CheckpointError(
-                f"{e} To restart this run from its first epoch, delete {last_path} (or pass force=True; run_all "
-                f"--force). The best checkpoint {files.checkpoint.name} and metrics.csv stay until the new run "
-                f"replaces them.") from e
+                f"{e} To restart this run from its first epoch, delete {last_path} (the best checkpoint "
+                f"{files.checkpoint.name} and metrics.csv stay until the new run replaces them), or pass force=True "
+                f"(run_all --force): the run's files then wait in {files.aside} until the new run completes.") from e
     old_seed = (state or {}).get("config", {}).get("seed", cfg.seed)
     if old_seed != cfg.seed:  # another seed is another run (e.g. after a DeadHeadError): do not resume this one
         if is_main:
@@ -301,8 +311,9 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
     if state is not None and (state.get("model_config") != mcfg.to_dict()
                               or state.get("input", whole_image_view(mcfg.img_size)) != view):
         raise RuntimeError(
-            f"{last_path} was written by a run with another model configuration. Delete "
-            f"{run_dir} to start this run afresh, or rerun with the parameters it was started with."
+            f"{last_path} was written by a run with another model configuration. Pass force=True (run_all "
+            f"--force) to start this run afresh (its files wait in {files.aside} until the new run completes), "
+            f"or rerun with the parameters it was started with."
         )
     # Resuming, or starting from another size's run, replaces every weight: no backbone download.
     source = run_name(tp.init_from, cfg.fold) if state is None and tp.init_from else None
@@ -523,6 +534,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
         atomic_write_json(manifest_path, manifest)
         if not tp.keep_last and files.checkpoint.is_file():  # after the manifest says completed
             last_path.unlink(missing_ok=True)
+        shutil.rmtree(files.aside, ignore_errors=True)  # a forced retrain's predecessor, no longer needed
     trackers.finish(best)
 
 

@@ -189,6 +189,9 @@ def test_yaml_numbers_load_as_numbers(path):
         if isinstance(node, dict):
             for k, v in node.items():
                 walk(v, f"{where}.{k}")
+        elif isinstance(node, list):  # feature_blocks: [6, 7, 8, 9]
+            for i, v in enumerate(node):
+                walk(v, f"{where}[{i}]")
         elif isinstance(node, str):
             assert not re.fullmatch(r"[+-]?[\d.]+([eE][+-]?\d+)?", node), f"{path.name}{where} is the string {node!r}"
     walk(yaml.safe_load(path.read_text()), "")
@@ -361,6 +364,8 @@ def test_relative_paths_are_taken_from_the_repository_root(tmp_path, monkeypatch
         (384, 0, "team", {"train.epochs": 0}, r"train\.epochs = 0 \(from overrides\): Input should be greater than 0"),
         (384, 0, "team", {"optim.lr": -1.0}, r"optim\.lr = -1\.0 \(from overrides\): Input should be greater than or equal to 0"),
         (384, 0, "team", {"n_folds": 1}, r"n_folds = 1 \(from overrides\): Input should be greater than or equal to 2"),
+        (384, 0, "team", {"model.drop_path_rate": 1.5}, r"model\.drop_path_rate = 1\.5 \(from overrides\): Input should be less than or equal to 1"),
+        (384, 0, "team", {"schedule.gamma": 0}, r"schedule\.gamma = 0 \(from overrides\): Input should be greater than 0"),
         (384, 0, "team", {"train.precision": "bf61"}, r"train\.precision = 'bf61' \(from overrides\): Input should be 'bf16', 'fp16' or 'fp32'"),
         (384, 0, "team", {"train.device": "gpu"}, r"train\.device = 'gpu' \(from overrides\): Input should be 'auto', 'cuda' or 'cpu'"),
         (384, 0, "team", {"model": 3}, r"model \(from overrides\) must be a mapping, got int 3"),

@@ -239,6 +239,9 @@ def test_write_submission_aligns_series_by_name(tmp_path, test_csv):
         write_submission(["j00", "zz"], mos, out)
     with pytest.raises(ValueError, match="3 mos values for 4 test images"):
         write_submission(["j00", "0012", "NA", "x9"], [1.0, 2.0, 3.0], out)
+    with pytest.raises(ValueError, match=r"(?s)1 missing or non-finite mos value\(s\), for: \['NA'\].*Nothing was "
+                                         r"written \(.*s\.csv is as it was\)"):
+        write_submission(["j00", "0012", "NA", "x9"], [1.0, 2.0, np.nan, 4.0], out)  # all runs NaN for one image
     # A failed write leaves the previous file intact.
     assert pd.read_csv(out)["mos"].tolist() == [1.0, 2.0, 3.0, 4.0]
 
@@ -303,6 +306,9 @@ def test_validator_fails_on_all_nan_image(tmp_path, test_csv):
     with pytest.warns(RuntimeWarning):
         mos = ensemble(table)
     out = tmp_path / "submission.csv"
-    write_submission(table.index, mos, out)
+    with pytest.raises(ValueError, match=r"(?s)non-finite mos value\(s\), for: \['0012'\].*Nothing was written"):
+        write_submission(table.index, mos, out)  # the kit never writes it
+    assert not out.exists()
+    pd.DataFrame({"img_name": table.index, "mos": np.asarray(mos), "comments": ""}).to_csv(out, index=False)  # by hand
     with pytest.raises(ValueError, match=r"non-finite mos value\(s\), for: \['0012'\]"):
         validate_submission(out, test_csv)

@@ -85,13 +85,30 @@ def test_full_disk_while_saving_keeps_the_previous_files(data, tmp_path, monkeyp
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(C.os, "fdopen", full)
-    with pytest.raises(OSError, match=r"could not write .*No space left on device.*previous version is intact"):
+    with pytest.raises(OSError, match=r"could not write .*manifest\.json' \(No space left on device\); nothing was written"):
         fit(tiny_params(data, tmp_path, **{"train.epochs": 3}), progress=False, force=True)
     monkeypatch.undo()
-    after = {f.name: f.read_bytes() for f in run.iterdir() if f.name in before}
+    aside = params.run.aside  # the forced retrain set the run's files aside until it completes
+    after = {f.name: f.read_bytes() for f in aside.iterdir() if f.name in before}
     assert after == before
     assert not list(run.glob(".*.tmp"))
-    load_model(first.checkpoint)
+    load_model(aside / first.checkpoint.name)
+
+
+def test_a_full_disk_while_overwriting_a_file_keeps_its_previous_version(tmp_path, monkeypatch):
+    import iqa_lib.checkpoint as C
+
+    path = tmp_path / "last.pt"
+    atomic_write_bytes(path, b"the previous version")
+
+    def full(fd, *a, **k):
+        os.close(fd)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(C.os, "fdopen", full)
+    with pytest.raises(OSError, match=r"could not write .*last\.pt' \(No space left on device\); .*previous version is intact"):
+        atomic_write_bytes(path, b"the new version")
+    assert path.read_bytes() == b"the previous version" and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_unwritable_folder_is_a_clear_error(tmp_path, monkeypatch):

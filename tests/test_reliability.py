@@ -295,3 +295,61 @@ def test_a_code_carrying_weights_file_is_named(tmp_path):
     with pytest.raises(PretrainedWeightsError, match=rf"weights_file '{evil}' contains Python objects that would run code"):
         MANIQA(cfg, pretrained=True, weights_file=evil)
     assert not marker.exists()
+
+
+def test_05_keeps_the_fullest_previous_submission(tmp_path, capsys):
+    from iqa_lib.ensemble import save_submission
+
+    out, names = Outputs(tmp_path / "out"), ["a", "b"]
+    save_submission(out, names, [1.0, 1.0], runs=["r1", "r2", "r3"])
+    fullest = out.submission.read_text()
+    save_submission(out, names, [2.0, 2.0], runs=["r1", "r2"])  # fewer runs: the 3-run one is kept aside
+    assert out.submission_prev.read_text() == fullest
+    save_submission(out, names, [3.0, 3.0], runs=["r1"])  # fewer again: the 3-run one stays aside
+    assert out.submission_prev.read_text() == fullest
+    assert "(3 runs) stays the previous submission: this one combines 1, the one it replaces 2" in capsys.readouterr().out
+    assert pd.read_csv(out.submission)["mos"].tolist() == [3.0, 3.0]
+
+
+def test_stray_files_among_the_predictions_are_left_out_and_named(tmp_path, capsys):
+    from iqa_lib.notebook import prediction_files
+
+    out = Outputs(tmp_path / "out")
+    cfg = load_config("demo", out_dir=str(out.root))
+    out.preds.mkdir(parents=True)
+    for stem in ("64_fold0", "64_fold0 (copy)", "notes"):
+        pd.DataFrame({"img_name": ["a"], "mos": [1.0]}).to_csv(out.preds / f"{stem}.csv", index=False)
+    assert [f.stem for f in prediction_files(cfg, [64, 128, 192])] == ["64_fold0"]
+    assert "2 file(s) in" in capsys.readouterr().out
+
+
+def test_a_checkpoint_of_another_kit_version_and_a_bad_batch_size_are_named(tmp_path):
+    from iqa_lib.checkpoint import KIT_FORMAT, atomic_torch_save
+    from iqa_lib.infer import load_model, predict
+
+    ckpt = tmp_path / "other.ckpt"
+    atomic_torch_save({"format": KIT_FORMAT, "model": {}, "model_config": {"depth_of_field": 3}}, ckpt)
+    with pytest.raises(CheckpointError, match=r"other\.ckpt': its model_config is not one this version of iqa_lib "
+                                              r"builds .*depth_of_field.*score it with the version that wrote it"):
+        load_model(ckpt)
+    with pytest.raises(ValueError, match=r"batch_size must be a whole number of at least 1 \(04_infer: -p batch_size"):
+        predict(ckpt, tmp_path, batch_size=0)
+
+
+def test_an_empty_or_garbled_folds_csv_or_prediction_file_is_named(tmp_path):
+    from iqa_lib.ensemble import load_predictions
+    from iqa_lib.train import load_folds
+
+    data = make_exposure_data(tmp_path / "data", n_train=10, n_test=2)
+    cfg = _tiny(data, tmp_path / "out")
+    cfg.outputs.root.mkdir(parents=True)
+    for text in ("", "img_name,fold,mos\na,0,high\n"):
+        cfg.outputs.folds.write_text(text)
+        with pytest.raises(ValueError) as e:
+            load_folds(cfg)
+        assert f"{cfg.outputs.folds} is not a readable split" in str(e.value) and "rerun notebooks/02_folds" in str(e.value)
+    empty = tmp_path / "64_fold0.csv"
+    empty.write_text("")
+    with pytest.raises(ValueError) as e:
+        load_predictions([empty])
+    assert f"{empty}: not a readable CSV" in str(e.value)

@@ -161,10 +161,12 @@ def test_skip_completed_relaunch_interrupted_one_training_per_gpu(grid, monkeypa
     again = R.run_grid(**g, stream=io.StringIO())
     assert again.ok and {s.status for s in again.steps} == {"skipped"} and len(calls(g)) == n
 
-    # --force deletes the selected run and retrains it; inference and ensemble follow the new checkpoint
+    # --force retrains the selected run from scratch, its files set aside (fit deletes them once the new run
+    # completes; the stub does not); inference and ensemble follow the new checkpoint
     (done.dir / "old_file").touch()
     forced = R.run_grid(**{**g, "folds": [0]}, force=True, stream=io.StringIO())
-    assert forced.ok and not (done.dir / "old_file").exists()
+    assert forced.ok and not (done.dir / "old_file").exists() and (done.aside / "old_file").exists()
+    assert done.aside == out.root / "replaced" / "64_fold0" and (done.aside / "64_fold0.ckpt").is_file()
     assert [c["name"] for c in calls(g)[n:]] == ["64_fold0", "04_infer", "05_ensemble"]
 
     # a run started from another one (train.init_from) that has been retrained since: kept, and the table says so
@@ -322,3 +324,38 @@ def test_bad_arguments_are_refused_with_a_clear_message(grid, monkeypatch, capsy
     assert R.main(cli(grid, *args)) == R.EXIT_USAGE
     assert message in capsys.readouterr().err
     assert not Path(grid["out_dir"]).exists(), "nothing ran, not even the lock"
+
+
+def test_an_out_dir_that_cannot_be_written_is_refused_before_anything_runs(grid, capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    out = blocker / "out"  # under a file: no folder can be made there, even as root
+    assert R.main(cli({**grid, "out_dir": str(out)})) == R.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"run_all: error: out_dir '{out}' is not writable" in err and "pass --out-dir a folder you can write to" in err
+    assert "Traceback" not in err
+
+
+def test_fewer_images_than_folds_fails_02_folds_with_its_message_and_blocks_the_rest(grid):
+    train = Path(grid["data_dir"]) / "train.csv"
+    train.write_text("\n".join(train.read_text().splitlines()[:4]) + "\n")  # 3 images, 5 folds
+    result = R.run_grid(**grid, stream=io.StringIO())
+    assert not result.ok
+    assert result["02_folds"].status == "failed"
+    assert "n_folds=5 exceeds the number of unique images (3): lower n_folds" in result["02_folds"].note
+    assert {result[n].status for n in ("64_fold0", "64_fold1", "04_infer", "05_ensemble")} == {"blocked"}
+
+
+def test_the_end_of_a_grid_scores_the_submission_or_names_a_label_file_it_cannot_use(tmp_path):
+    from iqa_lib.config import load_config
+
+    cfg = load_config("demo", data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "out").mkdir()
+    cfg.outputs.submission.write_text("img_name,mos,comments\na,1.0,\nb,2.0,\nc,4.0,\n")
+    labels = tmp_path / "data" / "test_labels.csv"
+    labels.write_text("img_name,mos\na,1.5\nb,2.5\nc,3.5\n")
+    assert f"scored on {labels} (3 images): PLCC 0.982, SRCC 1.000" in R.where_to_look(cfg)
+    labels.write_text("img_name,MOS\na,1.5\nb,2.5\nc,3.5\n")
+    text = R.where_to_look(cfg)
+    assert f"not scored on {labels}: it needs img_name and mos columns" in text and "plots:" in text

@@ -426,3 +426,30 @@ def test_a_run_started_from_a_source_retrained_since_is_kept_with_a_warning(expo
     after = json.loads(big.run.manifest.read_text())
     assert big.run.retrained_source() is None and after["init_from_checkpoint"] == file_digest(small.run.checkpoint)
     assert after["started"] > before["ended"], "a forced run starts a new manifest, not the old run's"
+
+
+def test_a_forced_retrain_keeps_the_runs_files_aside_until_it_completes(exposure_data, tmp_path, monkeypatch, capsys):
+    from iqa_lib import train
+
+    cfg = tiny_params(exposure_data, tmp_path, **{"train.epochs": 1})
+    fit(cfg, progress=False)
+    lock = {cfg.run.lock.name, cfg.run.lock.name + ".json"}
+    before = {p.name: p.read_bytes() for p in cfg.run.dir.iterdir() if p.name not in lock}
+    assert {cfg.run.checkpoint.name, "oof.csv", "manifest.json"} <= set(before)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("validation failed")
+
+    monkeypatch.setattr(train, "all_metrics", boom)  # the retrain fails after its first epoch's training
+    with pytest.raises(RuntimeError, match="validation failed"):
+        fit(cfg, progress=False, force=True)
+    assert f"the previous files stay in {cfg.run.aside}" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in cfg.run.aside.iterdir()} == before, "the old run, intact"
+    assert not cfg.run.checkpoint.exists() and json.loads(cfg.run.manifest.read_text())["status"] == "failed"
+    with pytest.raises(RuntimeError, match="validation failed"):
+        fit(cfg, progress=False, force=True)  # forced again: the old run stays aside, the failed one goes
+    assert {p.name: p.read_bytes() for p in cfg.run.aside.iterdir()} == before
+
+    monkeypatch.undo()
+    assert fit(cfg, progress=False).status == "completed"  # the retrain, rerun, completes
+    assert not cfg.run.aside.exists(), "set aside only until the new run completes"
