@@ -356,23 +356,25 @@ class RunFiles:
 
     def set_aside(self, keep: tuple[str, ...] = ()) -> Path | None:
         """Before a forced retrain: move the run's files (but its lock and the names in `keep`) to `aside`,
-        where they stay until the new run completes, so a retrain that fails loses nothing. When `aside`
-        already holds an earlier run (a forced retrain that did not complete), that one is kept and the
-        files of the failed retrain are deleted. Returns `aside`, or None when the run had no files."""
+        where they stay until the new run completes, so a retrain that fails loses nothing. When the run
+        here did not complete but `aside` holds a completed one (a forced retrain that failed), that one
+        is kept and the files here are deleted. Returns `aside`, or None when there was nothing to keep."""
         keep = {self.lock.name, self.lock.name + ".json", *keep}
         entries = [p for p in self.dir.iterdir() if p.name not in keep] if self.dir.is_dir() else []
-        if not entries and not self.aside.is_dir():
-            return None
-        earlier = self.aside.is_dir()
-        if not earlier:
-            self.aside.mkdir(parents=True)
+        kept = RunFiles(self.aside.parent, self.name)
+        if not entries:
+            return self.aside if kept.completed else None
+        if kept.completed and not self.completed:
+            for p in entries:
+                if p.is_dir():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+            return self.aside
+        shutil.rmtree(self.aside, ignore_errors=True)  # an older or partial copy: this run is the one to keep
+        self.aside.mkdir(parents=True)
         for p in entries:
-            if not earlier:
-                os.replace(p, self.aside / p.name)
-            elif p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
+            shutil.move(p, self.aside / p.name)  # a rename, or a copy where replaced/ is on another disk
         return self.aside
 
     def retrained_source(self) -> str | None:
@@ -383,7 +385,10 @@ class RunFiles:
         if not (name and digest):
             return None
         source = RunFiles(self.dir.parent, name)
-        return name if source.completed and file_digest(source.checkpoint) != digest else None
+        try:
+            return name if source.completed and file_digest(source.checkpoint) != digest else None
+        except OSError:  # moved away meanwhile (its own forced retrain): nothing to say yet
+            return None
 
 
 class Outputs:

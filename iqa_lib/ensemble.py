@@ -211,17 +211,20 @@ def save_submission(outputs: Outputs, img_names_in_test_order: Sequence[str], mo
     submission.prev.csv, unless that file already holds one of at least as many runs: a grid that
     lost some predictions never silently replaces a fuller one."""
     old = read_json(outputs.submission_runs)  # None: no record, or an unreadable one
+    previous = None  # the submission in place, to keep aside once the new one is written
     if outputs.submission.is_file() and (old is None or len(runs) < len(old)):
         kept = read_json(outputs.submission_prev_runs) if outputs.submission_prev.is_file() else None
         if kept is not None and old is not None and len(kept) >= len(old):
             print(f"{outputs.submission_prev} ({len(kept)} runs) stays the previous submission: this one combines "
                   f"{len(runs)}, the one it replaces {len(old)}.")
         else:
-            atomic_write_text(outputs.submission_prev, outputs.submission.read_text())
-            atomic_write_text(outputs.submission_prev_runs, json.dumps(old and sorted(old)) + "\n")
-            print(f"kept the previous submission ({len(old) if old else 'an unknown number of'} runs) as "
-                  f"{outputs.submission_prev}: this one combines {len(runs)}.")
-    write_submission(img_names_in_test_order, mos, outputs.submission)
+            previous = outputs.submission.read_text()
+    write_submission(img_names_in_test_order, mos, outputs.submission)  # validated first: raises, nothing changed
+    if previous is not None:
+        atomic_write_text(outputs.submission_prev, previous)
+        atomic_write_text(outputs.submission_prev_runs, json.dumps(old and sorted(old)) + "\n")
+        print(f"kept the previous submission ({len(old) if old else 'an unknown number of'} runs) as "
+              f"{outputs.submission_prev}: this one combines {len(runs)}.")
     atomic_write_text(outputs.submission_runs, json.dumps(sorted(runs)) + "\n")
     return outputs.submission
 

@@ -10,6 +10,7 @@ Training (`iqa_lib.train`) validates with `predict_indices`; nothing here import
 """
 from __future__ import annotations
 
+import numbers
 import warnings
 from pathlib import Path
 
@@ -176,7 +177,7 @@ def predict(
     of these images are stored there once (iqa_lib.features, keyed by the backbone's weights), so
     the folds of one input size share them and each run then costs its head only.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number of at least 1 (04_infer: -p batch_size; the params: "
                          f"infer.batch_size), got {batch_size!r}")
     model, ckpt = load_model(checkpoint, expect)

@@ -411,6 +411,13 @@ def _execute(steps, cfg, slots, threads, ray, force, echo, title, poll_s) -> Non
             if step.after and (stale or not cfg.outputs.run(*parse_run_name(step.after)).completed):
                 step.status, step.note = "blocked", f"needs {step.after} (train.init_from)"
                 return None
+            if force and step.run is not None:  # only as it starts: a grid stopped before it leaves it in place
+                try:  # its files wait in replaced/ until the new run completes (fit deletes them then)
+                    with hold(step.run.lock, f"run {step.name}"):
+                        step.run.set_aside()
+                except LockHeldError as e:
+                    step.status, step.note = "failed", f"not retrained: {e}"
+                    return None
             return run_step(step)
         finally:
             step.settled.set()
@@ -470,12 +477,8 @@ def _execute(steps, cfg, slots, threads, ray, force, echo, title, poll_s) -> Non
         for step in trains:
             if step.status != "queued":
                 continue
-            if force:  # its files wait in replaced/ until the new run completes (fit deletes them then)
-                try:
-                    with hold(step.run.lock, f"run {step.name}"):
-                        step.run.set_aside()
-                except LockHeldError as e:
-                    step.status, step.note = "failed", f"not retrained: {e}"
+            if force:
+                step.note = "retrained: its files move to replaced/ as it starts"
             elif step.name in stale:
                 step.status, step.note = "failed", "trained on another split: --force retrains it, or restore the data"
             elif step.run.completed:

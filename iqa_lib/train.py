@@ -549,7 +549,11 @@ def _init_source(cfg: Config, split: str, mcfg: MANIQAConfig) -> tuple[dict, str
             f"{cfg.train.init_from} -p fold {cfg.fold}, or run_all over both sizes), or set train.init_from: null.")
     if recorded_split(cfg.outputs, source.name) not in (None, split):
         raise StaleRunError(stale_message([source.name], cfg.outputs))
-    digest = file_digest(source.checkpoint)  # before loading: a checkpoint replaced meanwhile reads as retrained
+    try:
+        digest = file_digest(source.checkpoint)  # before loading: a checkpoint replaced meanwhile reads as retrained
+    except OSError as e:
+        raise RuntimeError(f"{name}: train.init_from: the checkpoint of {source.name} went away ({e}); it is being "
+                           f"retrained? Train it first, then this run.") from None
     ckpt = load_model_checkpoint(source.checkpoint)
     held, want = ckpt["model_config"], mcfg.to_dict()
     differ = sorted(k for k in want if k != "img_size" and held.get(k) != want[k])

@@ -477,3 +477,26 @@ def test_missing_params_dir(tmp_path):
         load_config("team", 384, 0, params_folder=tmp_path)
     with pytest.raises(ConfigError, match=r"no base\.yaml in"):
         list_profiles(tmp_path / "nowhere")
+
+
+def test_set_aside_keeps_the_last_completed_run_of_a_forced_retrain(tmp_path):
+    run = C.Outputs(tmp_path).run(64, 0)
+
+    def write(status: str, weights: bytes) -> None:
+        run.dir.mkdir(parents=True, exist_ok=True)
+        run.manifest.write_text(json.dumps({"status": status}))
+        run.checkpoint.write_bytes(weights)
+
+    assert run.set_aside() is None  # nothing to keep
+    write("completed", b"v1")
+    run.lock.write_text("")
+    assert run.set_aside() == tmp_path / "replaced" / "64_fold0"
+    assert (run.aside / run.checkpoint.name).read_bytes() == b"v1" and not run.checkpoint.exists()
+    assert run.lock.exists(), "the lock stays with the run"
+    write("failed", b"a retrain that failed")
+    run.set_aside()  # forced again: the completed run stays aside, the failed retrain's files go
+    assert (run.aside / run.checkpoint.name).read_bytes() == b"v1" and not run.checkpoint.exists()
+    for p in run.aside.iterdir():  # moved back by hand, leaving the empty replaced/ folder behind
+        p.rename(run.dir / p.name)
+    run.set_aside()  # a later force keeps the restored, completed run
+    assert (run.aside / run.checkpoint.name).read_bytes() == b"v1" and not run.checkpoint.exists()

@@ -254,6 +254,14 @@ def test_a_run_with_init_from_starts_after_its_source_and_is_blocked_when_it_fai
     assert alone["128_fold1"].status == "blocked" and alone["128_fold1"].note == "needs 64_fold1 (train.init_from)"
     assert [c["name"] for c in calls(g)[n:]] == []
 
+    # --force over the chain while its source still fails: a run that never starts keeps its files in place
+    blocked = Outputs(Path(g["out_dir"])).run(128, 1)
+    blocked.dir.mkdir(parents=True, exist_ok=True)
+    blocked.checkpoint.write_bytes(b"an earlier run")
+    forced = R.run_grid(**{**g, "folds": [1]}, force=True, stream=io.StringIO())
+    assert forced["64_fold1"].status == "failed" and forced["128_fold1"].status == "blocked"
+    assert blocked.checkpoint.read_bytes() == b"an earlier run" and not blocked.aside.exists()
+
 
 def test_ray_local_runs_trainings_and_inference_as_tasks(grid):
     ray = pytest.importorskip("ray")
