@@ -42,20 +42,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes files owner-only; these are ordinary outputs
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         if tmp:
             Path(tmp).unlink(missing_ok=True)
+        if not isinstance(e, OSError):
+            raise
         kept = "the previous version is intact" if path.exists() else "nothing was written"
         raise OSError(e.errno, f"could not write '{path}' ({e.strerror or e}); {kept}. Free disk space or "
                                f"make the folder writable (or choose another out_dir), then rerun.") from e
-    except BaseException:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        raise
 
 
-def check_writable(folder: str | os.PathLike, name: str, fix: str) -> Path:
-    """`folder`, made if missing, or an OSError that says it cannot be written and what to do."""
+def check_writable(folder: str | os.PathLike, name: str, fix: str) -> None:
+    """Make `folder` if missing; an OSError that says it cannot be written and what to do."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -63,7 +61,6 @@ def check_writable(folder: str | os.PathLike, name: str, fix: str) -> Path:
             pass
     except OSError as e:
         raise OSError(e.errno, f"{name} '{folder}' is not writable ({e.strerror or e}): {fix}.") from None
-    return folder
 
 
 def _first_sentence(e: BaseException, limit: int = 300) -> str:

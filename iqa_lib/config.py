@@ -73,15 +73,10 @@ def _not_bool(value: Any) -> Any:
     return value
 
 
-def _path_text(value: Any) -> Any:
-    return os.fspath(value) if isinstance(value, os.PathLike) else value
-
-
 Int = Annotated[int, BeforeValidator(_not_bool)]
 Count = Annotated[int, BeforeValidator(_not_bool), Field(gt=0)]
 Rate = Annotated[float, BeforeValidator(_not_bool), Field(ge=0)]
 Probability = Annotated[float, BeforeValidator(_not_bool), Field(ge=0, le=1)]
-PathText = Annotated[str, BeforeValidator(_path_text)]
 
 
 def logger_names(value: str) -> tuple[str, ...]:
@@ -156,7 +151,7 @@ class Section(BaseModel):
 
 class ModelParams(Section):
     pretrained: bool
-    weights_file: Optional[PathText]
+    weights_file: Optional[str]
     img_size: Optional[Count]
     load_size: Optional[Count]
     crop_grid: Count
@@ -243,8 +238,8 @@ class Config(Section):
     res: Int
     fold: Int
     profile: str
-    data_dir: PathText
-    out_dir: PathText
+    data_dir: str
+    out_dir: str
     mos_scale: Annotated[float, BeforeValidator(_not_bool), Field(gt=0)]
     n_folds: Annotated[Int, Field(ge=2)]
     seed: Int
@@ -286,7 +281,6 @@ class Config(Section):
 
     @property
     def run(self) -> "RunFiles":
-        """The files of this run (`{out_dir}/runs/{res}_fold{k}/...`)."""
         return self.outputs.run(self.res, self.fold)
 
     def to_dict(self) -> dict:
@@ -460,11 +454,9 @@ def read_yaml(path: Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"'{path}' is not valid YAML: {e}") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
+    if not isinstance(data, dict | None):
         raise ConfigError(f"'{path}' must hold a mapping of parameters (key: value), got {type(data).__name__}.")
-    return data
+    return data or {}
 
 
 def list_profiles(folder: str | os.PathLike | None = None) -> list[str]:
@@ -547,9 +539,7 @@ def _flat(layer: Mapping, source: str, prefix: str = "") -> dict[str, Any]:
     """{"train": {"epochs": 3}, "optim.lr": 1e-4} -> {"train.epochs": 3, "optim.lr": 1e-4}, checked."""
     out = {}
     for key, value in layer.items():
-        if not isinstance(key, str):
-            raise ConfigError(f"parameter names must be text, got {key!r} under '{prefix or 'the top level'}' (from {source}).")
-        full = prefix + key
+        full = f"{prefix}{key}"
         parent, _, sub = full.rpartition(".")
         if parent == "model.vit_kwargs":  # a dotted key inside the free-form mapping
             out[parent] = {**out.get(parent, {}), sub: copy.deepcopy(value)}
@@ -649,14 +639,13 @@ def load_config(
                 value = {**flat.get(key, {}), **value}
             flat[key], sources[key] = value, source
 
-    for values, source in layers[:-1]:
+    for values, source in layers:
         apply(values, source)
-    data_dir = str(resolve_path(late["data_dir"])) if isinstance(late.get("data_dir"), (str, os.PathLike)) \
-        else flat["data_dir"]
+    data_dir = flat["data_dir"]
     recorded = dataset_mos_scale(data_dir) if isinstance(data_dir, str) else None
-    if recorded is not None:  # a prepared folder knows its own scale (CLIVE 0-100, KonIQ 1-5)
+    # A prepared folder knows its own scale (CLIVE 0-100, KonIQ 1-5); an override has the last word.
+    if recorded is not None and "mos_scale" not in layers[-1][0]:
         apply({"mos_scale": recorded}, f"{data_dir}/dataset.json")
-    apply(*layers[-1])  # the overrides have the last word
 
     flat.update(res=res, fold=fold, profile=profile_path.stem)
     sources.update(res="the res argument", fold="the fold argument")

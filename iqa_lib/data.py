@@ -222,9 +222,6 @@ def _require_csv(root: Path, csv_name: str) -> Path:
         hint = f"CSV files there: {', '.join(found)}" if found else "there is no CSV file there"
         raise DataError([Problem("CSV missing", str(csv_path), f"file not found ({hint})",
                                  "pass csv_name= one of the CSVs above, or data_dir= the folder that holds it")])
-    if csv_path.stat().st_size == 0:
-        raise DataError([Problem("CSV empty", str(csv_path), "the file is empty (0 bytes)",
-                                 "restore the CSV from the data archive")])
     return csv_path
 
 
@@ -242,7 +239,7 @@ def _read_csv(csv_path: Path) -> tuple[list[str], list[list[str]], list[int], li
             reader = csv.reader(f)
             header = [h.strip() for h in next(reader, [])]
             if not any(header):
-                raise DataError([Problem("CSV empty", str(csv_path), "no header line",
+                raise DataError([Problem("CSV empty", str(csv_path), "the file is empty or has no header line",
                                          "the first line must name the columns, e.g. img_name,img_path,mos,comments")])
             last = reader.line_num  # a row may span several lines: it starts after the last one read
             for row in reader:

@@ -61,11 +61,6 @@ def _flips(view_names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys((v.partition("+")[2] or "none") if v.startswith("crop") else v for v in view_names))
 
 
-def _flipped(x: torch.Tensor, view: str) -> torch.Tensor:
-    # NCHW: rows are dim -2 ("vertical", as data.to_model_input flips them), columns dim -1.
-    return x if view == "none" else x.flip(-2 if view == "vertical" else -1)
-
-
 def _key(model: MANIQA, paths: list[str], view_names: tuple[str, ...], amp_dtype: torch.dtype | None) -> str:
     c = model.cfg
     h = hashlib.sha256(json.dumps({
@@ -136,8 +131,10 @@ class FeatureCache:
                 places = grid_crops(x, model.cfg.img_size, crop_grid) if crop_grid else [x]
                 for p, x_place in enumerate(places):
                     for f, flip in enumerate(flips):
+                        # NCHW: rows are dim -2 ("vertical", as data.to_model_input flips them), columns dim -1.
+                        x_view = x_place if flip == "none" else x_place.flip(-2 if flip == "vertical" else -1)
                         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                            feats = model.features(_flipped(x_place, flip)).float()
+                            feats = model.features(x_view).float()
                         if not torch.isfinite(feats.half()).all():
                             raise FeatureCacheError(f"backbone features of {store.paths[rows[0]]} (batch) overflow "
                                                     f"fp16: set train.feature_cache: false for this backbone.")

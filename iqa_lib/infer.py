@@ -26,17 +26,13 @@ from .crops import grid_crops, grid_size, whole_image_view
 from .features import FeatureCache, views
 from .model import MANIQA, MANIQAConfig, describe_backbone
 
-# The model section's keys that are MANIQAConfig fields (the others say how to build or feed it).
-MODEL_KEYS = ("img_size", "backbone", "head_hidden", "head_dropout", "drop_rate", "drop_path_rate", "vit_kwargs",
-              "patch_size", "embed_dim", "head_dim", "feature_blocks", "num_tab", "dim_mlp")
-
 
 def model_config(cfg: Config) -> MANIQAConfig:
     """The checked MANIQAConfig a run's parameters describe. What the backbone decides (its patch,
     width and input normalisation) is read from it; patch_size / embed_dim given in the parameters
     must agree with it."""
-    fields = {k: getattr(cfg.model, k) for k in MODEL_KEYS}
-    fields["feature_blocks"] = tuple(fields["feature_blocks"])
+    # The model section's keys that are MANIQAConfig fields (the others say how to build or feed it).
+    fields = cfg.model.model_dump(include=set(MANIQAConfig.__dataclass_fields__))
     try:
         vit = describe_backbone(cfg.model.backbone, cfg.model.img_size, cfg.model.vit_kwargs)
         for key in ("patch_size", "embed_dim"):
@@ -48,7 +44,7 @@ def model_config(cfg: Config) -> MANIQAConfig:
         if max(fields["feature_blocks"]) >= vit["depth"]:
             raise ValueError(f"model.feature_blocks {list(fields['feature_blocks'])} need a ViT deeper than the "
                              f"{vit['depth']} blocks of '{cfg.model.backbone}': use blocks 0..{vit['depth'] - 1}")
-        mcfg = MANIQAConfig(**fields, mean=vit["mean"], std=vit["std"])
+        mcfg = MANIQAConfig.from_dict({**fields, "mean": vit["mean"], "std": vit["std"]})
         mcfg.validate()
     except ValueError as e:
         raise ConfigError(f"the model parameters (profile {cfg.profile!r}, res {cfg.res}) do not make a valid "

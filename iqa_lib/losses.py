@@ -34,17 +34,12 @@ EPS = 1e-8  # keeps the normalisations of plcc / nin finite on a constant batch
 RANK_TEMPERATURE = 0.1
 
 
-def _zero(pred: torch.Tensor) -> torch.Tensor:
-    """A scalar 0 that is still connected to ``pred`` (so ``backward()`` works)."""
-    return pred.sum() * 0
-
-
 def plcc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 - r, with r = <p - mean p, t - mean t> / (|p - mean p| * |t - mean t| + EPS).
 
     A constant pred or target gives r = 0, so the loss is 1 (finite), not NaN."""
     if pred.numel() < 2:
-        return _zero(pred)
+        return pred.sum() * 0  # no pairs: a zero that still has a gradient
     p, t = pred - pred.mean(), target - target.mean()
     return 1 - (p * t).sum() / (p.norm() * t.norm() + EPS)
 
@@ -59,7 +54,7 @@ def nin_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     which lies in [0, 1] (0 iff pred is a positive affine map of target)."""
     n = pred.numel()
     if n < 2:
-        return _zero(pred)
+        return pred.sum() * 0  # no pairs: a zero that still has a gradient
     p, t = pred - pred.mean(), target - target.mean()
     p, t = p / (p.norm() + EPS), t / (t.norm() + EPS)
     return (p - t).abs().sum() / (2 * math.sqrt(n))

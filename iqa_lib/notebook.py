@@ -33,10 +33,9 @@ import numpy as np
 import pandas as pd
 from pydantic import TypeAdapter, ValidationError
 
-from .config import (SHORTCUTS, Config, ConfigError, flatten, load_config, parse_run_name, repo_relative,
+from .config import (SHORTCUTS, Config, ConfigError, flatten, load_config, parse_run_name, read_json, repo_relative,
                      repo_root, run_name)
 
-DEMO_PROFILE = "demo"
 # Good values to show in error messages, by parameter name; otherwise by type.
 _EXAMPLES: dict[str, Any] = {"res": 448, "fold": 0, "profile": "demo", "epochs": 3, "batch_size": 16, "lr": 0.0001,
                              "precision": "fp32", "method": "iqr", "runs": "448_fold1", "data_dir": "data/demo"}
@@ -121,7 +120,7 @@ def run_config(profile: str, res: int | None = None, fold: int = 0, **parameters
         msg = (f"data_dir '{data_dir}' {'is a file, not a folder' if data_dir.exists() else 'does not exist'} "
                f"(from {source}; relative paths are taken from the repository root {repo_root()}). ")
         where = repo_relative(data_dir)
-        if cfg.profile == DEMO_PROFILE:
+        if cfg.profile == "demo":
             msg += (f"The demo data has not been made yet: run `python -m iqa_lib.datasets.demo {where}` "
                     f"from the repository root (or `make demo`), then rerun this notebook.")
         else:
@@ -189,8 +188,9 @@ def prediction_files(cfg: Config, resolutions: Sequence[int], runs: str = "all")
     extra = f" -p profile {cfg.profile}" if cfg.profile != "team" else ""
     how = (f"predict the test set with notebooks/04_infer.ipynb, e.g. `papermill notebooks/04_infer.ipynb "
            f"{repo_relative(out.notebooks / '04_infer.ipynb')}{extra} -k python3`")
-    if runs.strip() != "all":
-        files = [out.prediction(run_name(*rf)) for rf in parse_runs(runs, resolutions, cfg.n_folds)]
+    wanted = parse_runs(runs, resolutions, cfg.n_folds)
+    if wanted is not None:
+        files = [out.prediction(run_name(*rf)) for rf in wanted]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise ParameterError(f"runs={runs!r}: no predictions {', '.join(missing)} in {out.preds}: {how}.")
@@ -267,8 +267,7 @@ def data_summary(train: pd.DataFrame, test: pd.DataFrame | None = None) -> pd.Da
     return pd.DataFrame({"value": list(rows.values())}, index=pd.Index(list(rows), name="what"))
 
 
-def load_train_test(cfg: Config, check_images: str | None = None,
-                    errors: str = "raise") -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_train_test(cfg: Config, errors: str = "raise") -> tuple[pd.DataFrame, pd.DataFrame]:
     """load_table on train.csv and test.csv; the problems of both in one DataError. With
     errors="drop", the good rows of each, their problems in `.attrs["problems"]`."""
     from .data import DataError, load_table
@@ -277,8 +276,7 @@ def load_train_test(cfg: Config, check_images: str | None = None,
     for name, labelled in (("train.csv", True), ("test.csv", False)):
         try:
             tables.append(load_table(cfg.data_dir, name, labelled=labelled, mos_scale=cfg.mos_scale,
-                                     check_images=check_images or cfg.train.check_images, progress=False,
-                                     errors=errors))
+                                     check_images=cfg.train.check_images, progress=False, errors=errors))
         except DataError as e:
             problems += e.problems
     if problems:
@@ -288,10 +286,9 @@ def load_train_test(cfg: Config, check_images: str | None = None,
 
 def manifest_summary(manifest_path: str | os.PathLike) -> pd.DataFrame:
     """The headline facts of a run's manifest.json, one row each."""
-    path = Path(manifest_path)
-    if not path.is_file():
+    m = read_json(manifest_path)
+    if not isinstance(m, dict):  # none yet, or half-written
         return pd.DataFrame({"value": ["missing"]}, index=pd.Index(["status"], name="what"))
-    m = json.loads(path.read_text())
     env = m.get("environment", {})
     rnd = lambda v: round(v, 4) if isinstance(v, float) and math.isfinite(v) else v  # noqa: E731
     rows = {"run": m.get("run"), "status": m.get("status"), "stop reason": m.get("stop_reason"), "error": m.get("error"),

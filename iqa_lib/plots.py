@@ -127,9 +127,7 @@ def plot_rows_per_image(table: pd.DataFrame) -> Figure:
 # --------------------------------------------------------------------------------------------
 def fold_table(folds: pd.DataFrame) -> pd.DataFrame:
     """Per fold of make_folds' table: images, mean, sd, min and max MOS."""
-    g = folds.groupby("fold")["mos"]
-    table = pd.DataFrame({"images": g.size(), "mean": g.mean(), "sd": g.std(), "min": g.min(), "max": g.max()})
-    return table.round(4)
+    return folds.groupby("fold")["mos"].agg(images="size", mean="mean", sd="std", min="min", max="max").round(4)
 
 
 def plot_fold_distributions(folds: pd.DataFrame, *, bins: int = 30) -> Figure:

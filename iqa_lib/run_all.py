@@ -250,14 +250,6 @@ def ray_task(notebook: str, output: str, params: dict) -> tuple[int, str]:
     return rc, socket.gethostname() + (f" gpu {gpus}" if gpus else "")
 
 
-def import_ray():
-    try:
-        import ray
-    except ImportError as e:
-        raise ImportError(f"--ray needs Ray, which is not installed: {RAY_HINT}, here and on every node.") from e
-    return ray
-
-
 def best_score(run: RunFiles) -> float | None:
     """The best validation PLCC+SRCC in the run's metrics.csv so far."""
     try:
@@ -280,16 +272,13 @@ def up_to_date(step: Step, inputs: list[Path]) -> bool:
 
 def folds_current(cfg) -> bool:
     """Whether folds.csv is the split of train.csv as it is now (a file time says nothing of that)."""
-    from .data import DataError, load_table  # torch comes with them: only once a grid runs
+    from .data import load_table  # torch comes with them: only once a grid runs
     from .folds import current_split, folds_for_table, split_fingerprint
 
     try:
         table = load_table(cfg.data_dir, "train.csv", mos_scale=cfg.mos_scale, check_images="none", progress=False)
-    except DataError:
-        return False  # 02_folds runs and reports the problems
-    try:
         folds = folds_for_table(table, n_folds=cfg.n_folds)
-    except ValueError:  # e.g. fewer images or groups than folds: 02_folds runs and says so
+    except ValueError:  # bad data (a DataError), or fewer images or groups than folds: 02_folds runs and says so
         return False
     return split_fingerprint(folds) == current_split(cfg.outputs)
 
@@ -333,7 +322,12 @@ def run_grid(profile=DEFAULT_PROFILE, res=None, folds=None, data_dir=None, out_d
     def echo(message: str) -> None:
         print(message, file=stream or sys.stdout, flush=True)
 
-    ray_module = import_ray() if ray else None
+    ray_module = None
+    if ray:
+        try:
+            import ray as ray_module
+        except ImportError as e:
+            raise ImportError(f"--ray needs Ray, which is not installed: {RAY_HINT}, here and on every node.") from e
     parallel = int(parallel)
     if parallel < 1:
         raise ConfigError(f"--parallel must be at least 1, got {parallel}.")

@@ -263,8 +263,7 @@ def score_images(
 def format_table(scores: pd.DataFrame, show_runs: bool) -> str:
     """path, MOS (4 decimals) and, for an ensemble, the runs used: one aligned line per image."""
     width = max([4, *map(len, scores["path"])])
-    head = f"{'path':<{width}}  {'mos':>8}" + ("  runs" if show_runs else "")
-    lines = [head]
+    lines = [f"{'path':<{width}}  {'mos':>8}" + ("  runs" if show_runs else "")]
     for path, mos, runs in scores[["path", "mos", "runs"]].itertuples(index=False):
         lines.append(f"{path:<{width}}  {mos:>8.4f}" + (f"  {runs:>4d}" if show_runs else ""))
     return "\n".join(lines)

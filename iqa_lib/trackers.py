@@ -108,8 +108,7 @@ class _TensorBoard:
             params = {k: _scalar(v) for k, v in flatten(self.cfg.to_dict()).items()}
             for summary in hparams(params, metrics):  # the HPARAMS tab: config next to the best metrics
                 self.writer.file_writer.add_summary(summary)
-            for key, value in metrics.items():
-                self.writer.add_scalar(key, value, step)
+            self.log([(step, metrics)])
         self.writer.close()
 
 
@@ -181,7 +180,7 @@ BACKENDS = {"tensorboard": _TensorBoard, "wandb": _WandB, "mlflow": _MLflow}
 # the fan-out
 # --------------------------------------------------------------------------------------------
 class Trackers:
-    """Every tracker of one run behind one interface; with none, every call returns at once."""
+    """Every tracker of one run behind one interface; with none, every call does nothing."""
 
     def __init__(self, backends: dict, loss_base=(0.0, 0), step: int = 0):
         self.backends = backends
@@ -202,16 +201,12 @@ class Trackers:
 
     def log_epoch(self, row: dict) -> None:
         """After an epoch: its metrics.csv row, at its last step."""
-        if not self.backends:
-            return
         self._flush()
         self._base = (0.0, 0)  # the next epoch's loss sum starts from zero
         self._send([(int(row["step"]), {EPOCH_KEYS[k]: float(row[k]) for k in EPOCH_KEYS if k in row})])
 
     def finish(self, best: dict | None = None, status: str = "completed") -> None:
         """Close every tracker; with `best` ({"epoch": e, metric: value}) log the best checkpoint's metrics."""
-        if not self.backends:
-            return
         try:
             self._flush()
         except Exception:  # a failing device or tracker: close the others anyway

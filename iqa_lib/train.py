@@ -68,11 +68,8 @@ class RunResult:
     status: str
     best_epoch: int | None
     best: dict
+    checkpoint: Path
     history: pd.DataFrame = field(repr=False)
-
-    @property
-    def checkpoint(self) -> Path:
-        return RunFiles(self.run_dir.parent, self.run_dir.name).checkpoint
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,9 +179,9 @@ def fit(cfg: Config, *, progress: bool = True, force: bool = False) -> RunResult
         folds = load_folds(cfg)
         split = split_fingerprint(folds)
         if not force:
-            done = completed_result(files.dir)
+            done = completed_result(files)
             if done is not None:
-                _check_same_recipe(files.dir, cfg)
+                _check_same_recipe(cfg)
                 if recorded_split(cfg.outputs, files.name) not in (None, split):
                     raise StaleRunError(stale_message([files.name], cfg.outputs))
                 print(f"{files.name}: already completed (best epoch {done.best_epoch}); pass force=True to retrain.")
@@ -205,7 +202,7 @@ def fit(cfg: Config, *, progress: bool = True, force: bool = False) -> RunResult
             )
         else:
             _train_process(cfg, folds, rank=0, world=1, progress=progress, fresh=force)
-    return read_result(files.dir)
+    return read_result(files)
 
 
 # Keys that may change between the run and a later call without changing what was trained.
@@ -214,9 +211,9 @@ _RUNTIME_KEYS = ("data_dir", "out_dir", "profile", "model.weights_file", "train.
                  "train.save_every_steps", "train.keep_last", "train.logger", "infer.")
 
 
-def _check_same_recipe(run_dir: Path, cfg: Config) -> None:
+def _check_same_recipe(cfg: Config) -> None:
     """A completed run asked for again with other parameters: fail if it is another model, else warn."""
-    old = RunFiles(run_dir.parent, run_dir.name).read_manifest().get("config")
+    old = cfg.run.read_manifest().get("config")
     if not old:
         return
     before, now = flatten(old), flatten(cfg.to_dict())
@@ -233,10 +230,10 @@ def _check_same_recipe(run_dir: Path, cfg: Config) -> None:
     listing = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:8])
     if any(k.startswith("model.") for k in changed):
         raise RuntimeError(
-            f"{run_dir} holds a completed run of another model ({listing}). Pass force=True (run_all --force) "
+            f"{cfg.run.dir} holds a completed run of another model ({listing}). Pass force=True (run_all --force) "
             f"to retrain it, or use another out_dir to keep both."
         )
-    print(f"{run_dir.name}: WARNING it completed with other parameters ({listing}); its results are kept. "
+    print(f"{cfg.run.name}: WARNING it completed with other parameters ({listing}); its results are kept. "
           f"Pass force=True to retrain with the new ones.")
 
 
@@ -282,11 +279,8 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
         cache_dir=cfg.outputs.cache if tp.cache else None, num_workers=tp.num_workers, progress=progress,
     )
     dataset = D.IQADataset(store, folds["mos"].to_numpy(np.float32))
-    k = cfg.fold
-    train_idx = np.flatnonzero(folds["fold"].to_numpy() != k)
-    val_idx = np.flatnonzero(folds["fold"].to_numpy() == k)
-    if len(val_idx) == 0 or len(train_idx) == 0:
-        raise ValueError(f"fold {k} leaves an empty train or validation set ({len(folds)} images).")
+    train_idx = np.flatnonzero(folds["fold"].to_numpy() != cfg.fold)
+    val_idx = np.flatnonzero(folds["fold"].to_numpy() == cfg.fold)
 
     # -- state -----------------------------------------------------------------------------
     last_path = files.last
@@ -371,7 +365,6 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
     targets_all = torch.as_tensor(folds["mos"].to_numpy(np.float32))
 
     # -- bookkeeping -------------------------------------------------------------------------
-    manifest_path = files.manifest
     manifest = {}
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -384,10 +377,8 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
         )
         if state is None:  # the run whose weights it started from (train.init_from) and which checkpoint, or None
             manifest.update(init_from=source, init_from_checkpoint=source_digest)
-        atomic_write_json(manifest_path, manifest)
+        atomic_write_json(files.manifest, manifest)
 
-    batch_size, epochs, max_steps, patience, accum = tp.batch_size, tp.epochs, tp.max_steps, tp.patience, tp.grad_accum
-    save_every, flip = tp.save_every_steps or 0, tp.flip
     flip_gen = torch.Generator(device=device)
 
     def save_last(epoch_, batch_in_epoch, partial_loss=(0.0, 0)):
@@ -404,10 +395,10 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
         }, last_path)
 
     # (a run killed after deciding to stop early, before its manifest said so, stops at once on resume)
-    stop_reason = "early_stopping" if _patience_spent(history, best, patience) else None
+    stop_reason = "early_stopping" if _patience_spent(history, best, tp.patience) else None
     trackers = open_trackers(cfg, rank, step=step, loss_base=partial, started=manifest.get("started"))
     try:
-        while epoch < epochs and stop_reason is None:
+        while epoch < tp.epochs and stop_reason is None:
             # Per-epoch seeds make the epoch reproducible from its number alone; a mid-epoch
             # resume restores the exact RNG states saved with the position (rank 0's: with DDP
             # the other ranks restart their epoch streams, distinct but not a bit-exact replay).
@@ -419,7 +410,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                 if device.type == "cuda" and rng.get("cuda") is not None:
                     torch.cuda.set_rng_state(rng["cuda"], device)
             rng = None
-            sampler = EpochBatches(train_idx, batch_size, seed, epoch, start=start_batch, rank=rank, world=world)
+            sampler = EpochBatches(train_idx, tp.batch_size, seed, epoch, start=start_batch, rank=rank, world=world)
             if cache is None:
                 loader = D.make_loader(
                     dataset, batch_size=None, shuffle=False, num_workers=tp.num_workers,
@@ -440,18 +431,18 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                 else:
                     if view["load_size"] > mcfg.img_size:
                         images = random_crops(images, mcfg.img_size, flip_gen)
-                    x = D.to_model_input(images, train=True, flip=flip, generator=flip_gen, device=device,
+                    x = D.to_model_input(images, train=True, flip=tp.flip, generator=flip_gen, device=device,
                                          mean=mcfg.mean, std=mcfg.std)
                 y = targets.to(device, non_blocking=True) / mos_scale
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     pred = train_model(x)
                 loss = loss_fn(pred.float(), y)
-                scaler.scale(loss / accum).backward()
+                scaler.scale(loss / tp.grad_accum).backward()
                 loss_sum += loss.detach()
                 alive += (pred.detach() > 0).sum()
                 loss_n += 1
                 seen += len(images) * world
-                if (b + 1) % accum == 0 or b + 1 == start_batch + len(sampler):
+                if (b + 1) % tp.grad_accum == 0 or b + 1 == start_batch + len(sampler):
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
@@ -464,10 +455,10 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                         _check_finite(loss_sum, name, epoch, step)
                         bar.set_postfix(loss=f"{loss_sum.item() / loss_n:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
                                         img_s=f"{seen / (time.perf_counter() - t0):.1f}", refresh=False)
-                    if save_every and step % save_every == 0:
+                    if tp.save_every_steps and step % tp.save_every_steps == 0:
                         _check_finite(loss_sum, name, epoch, step)
                         save_last(epoch, b + 1, (loss_sum.item(), loss_n))
-                    if max_steps and step >= max_steps:
+                    if tp.max_steps and step >= tp.max_steps:
                         stop_reason = "max_steps"
                         break
             bar.close()
@@ -480,7 +471,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
             row = {"epoch": epoch, "step": step, "train_loss": train_loss}
             timing = {"lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds,
                       "train_images_per_s": seen / max(train_seconds, 1e-9)}
-            validate = (epoch + 1) % tp.val_every == 0 or epoch + 1 == epochs or stop_reason is not None
+            validate = (epoch + 1) % tp.val_every == 0 or epoch + 1 == tp.epochs or stop_reason is not None
             improved = False
             if validate:  # every rank predicts its share, all get every prediction (the cache: each predicts all)
                 if cache is not None:
@@ -513,7 +504,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
                 print(f"{name} epoch {epoch:3d} step {step:6d} loss {train_loss:.4f}{scores} "
                       f"({row['train_images_per_s']:.1f} img/s){' *' if improved else ''}", flush=True)
             epoch, start_batch = epoch + 1, 0
-            if stop_reason is None and _patience_spent(history, best, patience):
+            if stop_reason is None and _patience_spent(history, best, tp.patience):
                 stop_reason = "early_stopping"
             save_last(epoch, 0)
         stop_reason = stop_reason or "max_epochs"
@@ -522,7 +513,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
             manifest.update(status="failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
                             error=f"{type(e).__name__}: {e}", ended=now_iso())
             try:
-                atomic_write_json(manifest_path, manifest)
+                atomic_write_json(files.manifest, manifest)
             except OSError:  # the disk that just failed may refuse this too: keep the first error
                 pass
         trackers.finish(status="failed" if not isinstance(e, KeyboardInterrupt) else "interrupted")
@@ -531,7 +522,7 @@ def _train_process(cfg: Config, folds: pd.DataFrame, rank: int, world: int, prog
         manifest.update(status="completed", stop_reason=stop_reason, ended=now_iso(), epochs_run=epoch,
                         steps=step, best_epoch=best["epoch"], best={k: v for k, v in best.items() if k != "epoch"})
         manifest.pop("error", None)
-        atomic_write_json(manifest_path, manifest)
+        atomic_write_json(files.manifest, manifest)
         if not tp.keep_last and files.checkpoint.is_file():  # after the manifest says completed
             last_path.unlink(missing_ok=True)
         shutil.rmtree(files.aside, ignore_errors=True)  # a forced retrain's predecessor, no longer needed
@@ -629,19 +620,16 @@ def save_best(model, mcfg: MANIQAConfig, cfg: Config, epoch: int, metrics: dict)
     }, cfg.run.checkpoint)
 
 
-def read_result(run_dir: Path) -> RunResult:
-    run_dir = Path(run_dir)
-    files = RunFiles(run_dir.parent, run_dir.name)
+def read_result(files: RunFiles) -> RunResult:
     manifest = files.read_manifest()
-    metrics_csv = files.metrics
-    history = pd.read_csv(metrics_csv) if metrics_csv.is_file() else pd.DataFrame()
-    return RunResult(run_dir, manifest.get("status", "missing"), manifest.get("best_epoch"),
-                     manifest.get("best", {}), history)
+    history = pd.read_csv(files.metrics) if files.metrics.is_file() else pd.DataFrame()
+    return RunResult(files.dir, manifest.get("status", "missing"), manifest.get("best_epoch"),
+                     manifest.get("best", {}), files.checkpoint, history)
 
 
-def completed_result(run_dir: Path) -> RunResult | None:
+def completed_result(files: RunFiles) -> RunResult | None:
     """The stored result if the run completed and its checkpoint loads, else None."""
-    res = read_result(run_dir)
+    res = read_result(files)
     if res.status != "completed" or not res.checkpoint.is_file():
         return None
     try:

@@ -321,6 +321,8 @@ def test_stray_files_among_the_predictions_are_left_out_and_named(tmp_path, caps
         pd.DataFrame({"img_name": ["a"], "mos": [1.0]}).to_csv(out.preds / f"{stem}.csv", index=False)
     assert [f.stem for f in prediction_files(cfg, [64, 128, 192])] == ["64_fold0"]
     assert "2 file(s) in" in capsys.readouterr().out
+    # runs is read as parse_runs reads it (any case, spaces): "ALL" is every run, not a TypeError
+    assert [f.stem for f in prediction_files(cfg, [64, 128, 192], runs=" ALL ")] == ["64_fold0"]
 
 
 def test_a_checkpoint_of_another_kit_version_and_a_bad_batch_size_are_named(tmp_path):
