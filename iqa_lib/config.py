@@ -44,6 +44,7 @@ Flip = Literal["vertical", "horizontal", "none"]
 CheckImages = Literal["none", "open", "decode"]
 Logger = Literal["none", "tensorboard", "wandb", "mlflow"]  # train.logger: "none", or one or several of the others
 Loss = Literal["mse", "plcc", "nin", "rank"]  # train.loss: one, or a weighted sum (iqa_lib/losses.py)
+CpuBf16 = Literal["auto", True, False]  # train.cpu_bf16: auto = where the CPU has bf16 instructions
 PRECISIONS, DEVICES, FLIPS, CHECK_MODES, LOGGERS, LOSSES = (
     get_args(t) for t in (Precision, Device, Flip, CheckImages, Logger, Loss))
 
@@ -199,7 +200,7 @@ class TrainParams(Section):
     max_steps: Optional[Count]
     patience: Count
     precision: Precision
-    cpu_bf16: bool
+    cpu_bf16: CpuBf16
     compile: bool
     flip: Flip
     num_workers: Annotated[Int, Field(ge=0)]

@@ -69,20 +69,21 @@ def pick_device(name: str = "auto", rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(precision: str, device: torch.device, cpu_bf16: bool = False) -> torch.dtype | None:
-    """None means plain fp32. On CUDA bf16/fp16 autocast; on a CPU only with `cpu_bf16`
-    (train.cpu_bf16), and then bf16: fast where the CPU has bf16 instructions, slow elsewhere."""
+def autocast_dtype(precision: str, device: torch.device, cpu_bf16: bool | str = False) -> torch.dtype | None:
+    """None means plain fp32. On CUDA bf16/fp16 autocast; on a CPU only with `cpu_bf16` (train.cpu_bf16),
+    and then bf16: True always (emulated where the CPU lacks bf16 instructions: many times slower), "auto"
+    only where the CPU has them."""
     if precision not in PRECISIONS:
         raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp32":
         return None
     if device.type == "cuda":
         return torch.bfloat16 if precision == "bf16" else torch.float16
-    if not cpu_bf16:
+    if not cpu_bf16 or (cpu_bf16 == "auto" and not cpu_has_bf16()):
         return None
     if not cpu_has_bf16():
         warnings.warn("train.cpu_bf16 is on but this CPU has no bf16 instructions (AVX512-BF16 or AMX): bf16 is "
-                      "emulated and slower than fp32 here. Set train.cpu_bf16: false "
+                      "emulated and many times slower than fp32 here. Set train.cpu_bf16: auto or false "
                       "(python -m iqa_lib.score: --precision fp32).", stacklevel=2)
     return torch.bfloat16
 
@@ -156,7 +157,7 @@ def predict(
     tta: bool = False,
     device: str = "auto",
     precision: str = "bf16",
-    cpu_bf16: bool | None = None,
+    cpu_bf16: bool | str | None = None,
     cache_dir: str | Path | None = None,
     features_dir: str | Path | None = None,
     num_workers: int = 0,
@@ -167,7 +168,8 @@ def predict(
     `tta=True` averages the image with its vertical and horizontal flips. A checkpoint trained
     on crops (`model.load_size`) is scored over its grid of crops (iqa_lib.crops). On a CPU it
     runs in bf16 autocast where the checkpoint's run validated so (its train.cpu_bf16, recorded in
-    the checkpoint; checkpoints without the record: fp32), unless `cpu_bf16` says otherwise.
+    the checkpoint; checkpoints without the record: fp32; "auto": where this CPU has bf16 instructions),
+    unless `cpu_bf16` says otherwise.
     `expect` (the config the caller means to use) makes a checkpoint of another model fail clearly.
     `features_dir` (for runs trained on a frozen backbone, without `tta`): the backbone's features
     of these images are stored there once (iqa_lib.features, keyed by the backbone's weights), so

@@ -108,8 +108,8 @@ def test_demo_and_cpu_profiles_override_the_recipe():
         assert cpu.model.img_size == res and cpu.model.load_size == 2 * res and cpu.model.crop_grid == 3
         assert cpu.model.pretrained is True and cpu.model.backbone == "vit_small_patch14_dinov2"
         assert cpu.model.weights_file == str((REPO / "../shared/weights/vit_small_patch14_dinov2.safetensors").resolve())
-        # Every size fine-tunes the whole ViT at a tenth of the head's rate, in bf16 on the CPU.
-        assert not cpu.train.freeze_backbone and cpu.train.freeze_blocks == 0 and cpu.train.cpu_bf16
+        # Every size fine-tunes the whole ViT at a tenth of the head's rate, in bf16 on CPUs that have it.
+        assert not cpu.train.freeze_backbone and cpu.train.freeze_blocks == 0 and cpu.train.cpu_bf16 == "auto"
         assert cpu.optim.backbone_lr_scale == 0.1 and cpu.out_dir == str(REPO / "outputs" / "clive")
         assert cpu.train.epochs * 26 == cpu.schedule.first_cycle_steps  # one cycle over the run (26 steps an epoch)
         # Progressive resizing: 112 px from the pretrained ViT, 168 px from 112 px, 224 px from 168 px.
@@ -368,6 +368,7 @@ def test_relative_paths_are_taken_from_the_repository_root(tmp_path, monkeypatch
         (384, 0, "team", {"schedule.gamma": 0}, r"schedule\.gamma = 0 \(from overrides\): Input should be greater than 0"),
         (384, 0, "team", {"train.precision": "bf61"}, r"train\.precision = 'bf61' \(from overrides\): Input should be 'bf16', 'fp16' or 'fp32'"),
         (384, 0, "team", {"train.device": "gpu"}, r"train\.device = 'gpu' \(from overrides\): Input should be 'auto', 'cuda' or 'cpu'"),
+        (384, 0, "team", {"train.cpu_bf16": "yes"}, r"train\.cpu_bf16 = 'yes' \(from overrides\): Input should be 'auto', True or False"),
         (384, 0, "team", {"model": 3}, r"model \(from overrides\) must be a mapping, got int 3"),
         (384, 0, "team", {"model.vit_kwargs": "deep"}, r"model\.vit_kwargs = 'deep' \(from overrides\): Input should be a valid dictionary"),
         (384, 0, "team", {"schedule.warmup_steps": 800}, r"schedule\.warmup_steps \(800\) must be smaller than schedule\.first_cycle_steps \(800\): shorten the warm-up"),

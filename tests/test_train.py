@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -168,10 +169,15 @@ def test_cpu_bf16_trains_under_bf16_autocast_on_a_cpu(exposure_data, tmp_path, m
     cpu = torch.device("cpu")
     assert autocast_dtype("bf16", cpu) is None and autocast_dtype("fp32", cpu, cpu_bf16=True) is None
     monkeypatch.setattr(infer, "cpu_has_bf16", lambda: False)
-    with pytest.warns(UserWarning, match="Set train.cpu_bf16: false"):
+    with pytest.warns(UserWarning, match="many times slower than fp32 here. Set train.cpu_bf16: auto or false"):
         assert autocast_dtype("bf16", cpu, cpu_bf16=True) is torch.bfloat16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto on a CPU without bf16 instructions: fp32, and nothing to warn of
+        assert autocast_dtype("bf16", cpu, cpu_bf16="auto") is None
     monkeypatch.setattr(infer, "cpu_has_bf16", lambda: True)
     assert autocast_dtype("fp16", cpu, cpu_bf16=True) is torch.bfloat16  # a CPU autocasts to bf16 only
+    assert autocast_dtype("bf16", cpu, cpu_bf16="auto") is torch.bfloat16
+    assert autocast_dtype("fp32", cpu, cpu_bf16="auto") is None and autocast_dtype("bf16", cpu, cpu_bf16=False) is None
     preds, losses = {}, {}
     for flag in (False, True):
         cfg = tiny_params(exposure_data, tmp_path / str(flag), **{"train.cpu_bf16": flag, "train.epochs": 1})
