@@ -4,7 +4,7 @@ checkpoints without ever running code from them.
 A kit checkpoint `{res}_fold{k}.ckpt` is a plain dict of tensors and primitives: `format`
 (KIT_FORMAT), `model` (state dict), `model_config` (MANIQAConfig as a dict), `input` (the
 stored side and crop grid, iqa_lib.crops), `res`, `fold`, `mos_scale`, `epoch`, `metrics`,
-`flip`, `cpu_bf16` (its train.cpu_bf16: whether its validation ran in bf16 on a CPU). It loads with
+`flip`, `cpu_bf16` (whether its validation ran in bf16 on a CPU: train.cpu_bf16, auto resolved). It loads with
 `torch.load(weights_only=True)`, which refuses any pickled object that would run code.
 """
 import io

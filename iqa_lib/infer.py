@@ -79,13 +79,18 @@ def autocast_dtype(precision: str, device: torch.device, cpu_bf16: bool | str = 
         return None
     if device.type == "cuda":
         return torch.bfloat16 if precision == "bf16" else torch.float16
-    if not cpu_bf16 or (cpu_bf16 == "auto" and not cpu_has_bf16()):
+    if not cpu_bf16_on(cpu_bf16):
         return None
     if not cpu_has_bf16():
         warnings.warn("train.cpu_bf16 is on but this CPU has no bf16 instructions (AVX512-BF16 or AMX): bf16 is "
                       "emulated and many times slower than fp32 here. Set train.cpu_bf16: auto or false "
                       "(python -m iqa_lib.score: --precision fp32).", stacklevel=2)
     return torch.bfloat16
+
+
+def cpu_bf16_on(cpu_bf16: bool | str) -> bool:
+    """Whether a train.cpu_bf16 setting means bf16 autocast on this machine's CPU ("auto": if it has bf16)."""
+    return cpu_has_bf16() if cpu_bf16 == "auto" else bool(cpu_bf16)
 
 
 def cpu_has_bf16() -> bool:
@@ -168,8 +173,8 @@ def predict(
     `tta=True` averages the image with its vertical and horizontal flips. A checkpoint trained
     on crops (`model.load_size`) is scored over its grid of crops (iqa_lib.crops). On a CPU it
     runs in bf16 autocast where the checkpoint's run validated so (its train.cpu_bf16, recorded in
-    the checkpoint; checkpoints without the record: fp32; "auto": where this CPU has bf16 instructions),
-    unless `cpu_bf16` says otherwise.
+    the checkpoint; checkpoints without the record: fp32), unless `cpu_bf16` (True, False or "auto":
+    where this CPU has bf16 instructions) says otherwise.
     `expect` (the config the caller means to use) makes a checkpoint of another model fail clearly.
     `features_dir` (for runs trained on a frozen backbone, without `tta`): the backbone's features
     of these images are stored there once (iqa_lib.features, keyed by the backbone's weights), so

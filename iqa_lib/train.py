@@ -37,7 +37,7 @@ from .config import Config, RunFiles, file_digest, flatten, loss_terms, run_name
 from .crops import grid_size, random_crops, whole_image_view
 from .features import FeatureCache, views as feature_views
 from .folds import folds_for_table, recorded_split, split_fingerprint, stale_message, write_folds
-from .infer import autocast_dtype, input_view, model_config, pick_device, predict_indices
+from .infer import autocast_dtype, cpu_bf16_on, input_view, model_config, pick_device, predict_indices
 from .lock import hold
 from .losses import make_loss
 from .metrics import all_metrics
@@ -222,6 +222,8 @@ def _check_same_recipe(cfg: Config) -> None:
         for d in (before, now):
             if d.get(key) is None:
                 d[key] = value
+    for d in (before, now):  # cpu_bf16 auto: what it means on this machine (True before auto existed)
+        d["train.cpu_bf16"] = cpu_bf16_on(d.get("train.cpu_bf16", False))
     # Keys the run's manifest lacks are parameters added since, at their defaults: not a change.
     changed = sorted(k for k in before.keys()
                      if before.get(k) != now.get(k) and not k.startswith(_RUNTIME_KEYS))
@@ -616,7 +618,8 @@ def save_best(model, mcfg: MANIQAConfig, cfg: Config, epoch: int, metrics: dict)
         "format": KIT_FORMAT, "model": model.state_dict(), "model_config": mcfg.to_dict(), "input": input_view(cfg),
         "res": cfg.res, "fold": cfg.fold, "mos_scale": cfg.mos_scale,
         "epoch": epoch, "metrics": metrics, "flip": cfg.train.flip,
-        "cpu_bf16": cfg.train.cpu_bf16,  # how its validation ran on a CPU: predict / score follow it
+        "cpu_bf16": cpu_bf16_on(cfg.train.cpu_bf16),  # how its validation ran on a CPU (auto resolved here):
+                                                      # predict / score follow it
     }, cfg.run.checkpoint)
 
 

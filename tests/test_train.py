@@ -165,7 +165,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(exposure_data, tmp_path)
     load_model(resumed.checkpoint)
 
 
-def test_cpu_bf16_trains_under_bf16_autocast_on_a_cpu(exposure_data, tmp_path, monkeypatch):
+def test_cpu_bf16_trains_under_bf16_autocast_on_a_cpu(exposure_data, tmp_path, monkeypatch, capsys):
     cpu = torch.device("cpu")
     assert autocast_dtype("bf16", cpu) is None and autocast_dtype("fp32", cpu, cpu_bf16=True) is None
     monkeypatch.setattr(infer, "cpu_has_bf16", lambda: False)
@@ -179,11 +179,22 @@ def test_cpu_bf16_trains_under_bf16_autocast_on_a_cpu(exposure_data, tmp_path, m
     assert autocast_dtype("bf16", cpu, cpu_bf16="auto") is torch.bfloat16
     assert autocast_dtype("fp32", cpu, cpu_bf16="auto") is None and autocast_dtype("bf16", cpu, cpu_bf16=False) is None
     preds, losses = {}, {}
-    for flag in (False, True):
+    for flag in (False, "auto", True):  # auto on this (patched) CPU with bf16 instructions: bf16
         cfg = tiny_params(exposure_data, tmp_path / str(flag), **{"train.cpu_bf16": flag, "train.epochs": 1})
         assert fit(cfg, progress=False).status == "completed"
         preds[flag] = pd.read_csv(cfg.run.oof)["pred"].to_numpy()
         losses[flag] = pd.read_csv(cfg.run.metrics)["train_loss"].iloc[0]
+        assert safe_torch_load(cfg.run.checkpoint)["cpu_bf16"] is bool(flag)  # what ran, auto resolved
+    assert np.array_equal(preds["auto"], preds[True]) and losses["auto"] == losses[True]
+    # A run done with true, asked for again with auto: the same recipe where the CPU has bf16, not elsewhere.
+    capsys.readouterr()
+    again = tiny_params(exposure_data, tmp_path / "True", **{"train.cpu_bf16": "auto", "train.epochs": 1})
+    fit(again, progress=False)
+    assert "already completed" in (out := capsys.readouterr().out) and "WARNING" not in out
+    monkeypatch.setattr(infer, "cpu_has_bf16", lambda: False)
+    fit(again, progress=False)
+    assert "completed with other parameters (train.cpu_bf16: True -> False)" in capsys.readouterr().out
+    monkeypatch.setattr(infer, "cpu_has_bf16", lambda: True)
     # The same run in bf16: other rounding in training (its loss) and validation, close to fp32's.
     assert losses[False] != losses[True] and not np.array_equal(preds[False], preds[True])
     assert np.corrcoef(preds[False], preds[True])[0, 1] > 0.9
