@@ -223,7 +223,8 @@ def _check_same_recipe(cfg: Config) -> None:
             if d.get(key) is None:
                 d[key] = value
     for d in (before, now):  # cpu_bf16 auto: what it means on this machine (True before auto existed)
-        d["train.cpu_bf16"] = cpu_bf16_on(d.get("train.cpu_bf16", False))
+        if "train.cpu_bf16" in d:
+            d["train.cpu_bf16"] = cpu_bf16_on(d["train.cpu_bf16"])
     # Keys the run's manifest lacks are parameters added since, at their defaults: not a change.
     changed = sorted(k for k in before.keys()
                      if before.get(k) != now.get(k) and not k.startswith(_RUNTIME_KEYS))
